@@ -1,0 +1,112 @@
+"""Pure-PyTorch reference of the DCNv3 core operator: the executable specification.
+
+Runs on any device and dtype with PyTorch's own autograd. It samples with ``grid_sample`` as the
+upstream fallback does, so it also serves as the speed and memory baseline of the benchmarks, but it
+builds the sampling coordinates in at least float32 (upstream builds them in the input dtype, which
+loses whole pixels in float16 on large images).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from internimage.ops.geometry import DCNv3Geometry, validate_inputs
+
+__all__ = ["dcnv3_reference", "sampling_coordinates"]
+
+
+def sampling_coordinates(
+    offset: torch.Tensor, geometry: DCNv3Geometry, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input-pixel coordinates of every sampling point.
+
+    An integer coordinate is a pixel centre. A point whose coordinate is not finite (NaN or inf
+    offsets) is moved to -2, where all four bilinear corners are outside the image, so it reads
+    zero and passes no gradient. Finite coordinates are clamped to [-2, size + 1]; beyond that range
+    every corner is outside anyway, so the clamp changes neither values nor gradients.
+
+    Args:
+        offset: ``[N, Ho, Wo, G*P*2]`` learned offsets (dx, dy per point), float32 or float64.
+        geometry: The operator's scalar arguments.
+        height: Input height H.
+        width: Input width W.
+
+    Returns:
+        ``(x, y)``, each ``[N, Ho, Wo, G, P]`` in the dtype of ``offset``.
+    """
+    n, ho, wo, _ = offset.shape
+    g, p = geometry.group, geometry.points
+    dtype, device = offset.dtype, offset.device
+    centre_shift = geometry.half - geometry.pad
+    # Kernel-centre coordinates of every output pixel, [Ho] and [Wo].
+    rows = torch.arange(ho, device=device, dtype=dtype) * geometry.stride + centre_shift
+    cols = torch.arange(wo, device=device, dtype=dtype) * geometry.stride + centre_shift
+    base = torch.tensor(geometry.kernel_grid(), device=device, dtype=dtype)  # [P, 2] as (dx, dy)
+    learned = offset.reshape(n, ho, wo, g, p, 2)
+    x = cols.view(1, 1, wo, 1, 1) + (base[:, 0] + learned[..., 0]) * geometry.offset_scale
+    y = rows.view(1, ho, 1, 1, 1) + (base[:, 1] + learned[..., 1]) * geometry.offset_scale
+    finite = torch.isfinite(x) & torch.isfinite(y)
+    outside = torch.full_like(x, -2.0)
+    x = torch.where(finite, x.clamp(-2.0, width + 1.0), outside)
+    y = torch.where(finite, y.clamp(-2.0, height + 1.0), outside)
+    return x, y
+
+
+def dcnv3_reference(
+    input: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    kernel_size: int = 3,
+    stride: int = 1,
+    pad: int = 1,
+    dilation: int = 1,
+    group: int,
+    offset_scale: float = 1.0,
+    remove_center: bool = False,
+) -> torch.Tensor:
+    """DCNv3 core operator, channels-last, computed with ``grid_sample``.
+
+    ``out[n, ho, wo, g*D + d] = sum_p mask[n, ho, wo, g*P + p] * bilinear(input[..., g*D + d], y, x)``
+    with the sampling coordinates of :func:`sampling_coordinates` and zero padding outside the image.
+
+    Args:
+        input: ``[N, H, W, G*D]``.
+        offset: ``[N, Ho, Wo, G*P*2]``, (dx, dy) per point.
+        mask: ``[N, Ho, Wo, G*P]``, used as given (not normalised here).
+        kernel_size: Kernel side k.
+        stride: Output stride.
+        pad: Zero padding.
+        dilation: Spacing of the base kernel grid.
+        group: Number of groups G.
+        offset_scale: Scale of the base grid and the offsets.
+        remove_center: Drop the centre point (odd k only).
+
+    Returns:
+        ``[N, Ho, Wo, G*D]`` in the dtype of ``input``.
+    """
+    geometry = DCNv3Geometry(
+        kernel_size, stride, pad, dilation, group, float(offset_scale), bool(remove_center)
+    )
+    ho, wo = validate_inputs(input, offset, mask, geometry)
+    n, h, w, c = input.shape
+    g, p = group, geometry.points
+    d = c // g
+    if n == 0:
+        return input.new_zeros(0, ho, wo, c)
+    # Half-precision inputs are computed in float32; float64 stays float64.
+    compute = torch.promote_types(input.dtype, torch.float32)
+    x, y = sampling_coordinates(offset.to(compute), geometry, h, w)  # [N, Ho, Wo, G, P]
+    # grid_sample with align_corners=False maps pixel coordinate x to (2x + 1) / W - 1.
+    grid = torch.stack(((2 * x + 1) / w - 1, (2 * y + 1) / h - 1), dim=-1)
+    grid = grid.permute(0, 3, 1, 2, 4, 5).reshape(n * g, ho * wo, p, 2)
+    # [N, H, W, G*D] -> [N*G, D, H, W]
+    planes = input.to(compute).reshape(n, h, w, g, d).permute(0, 3, 4, 1, 2).reshape(n * g, d, h, w)
+    sampled = F.grid_sample(
+        planes, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )  # [N*G, D, Ho*Wo, P]
+    weights = mask.to(compute).reshape(n, ho * wo, g, p).permute(0, 2, 1, 3)
+    out = (sampled * weights.reshape(n * g, 1, ho * wo, p)).sum(dim=-1)  # [N*G, D, Ho*Wo]
+    out = out.reshape(n, g, d, ho, wo).permute(0, 3, 4, 1, 2).reshape(n, ho, wo, c)
+    return out.to(input.dtype)

@@ -1,0 +1,120 @@
+"""Registration of the DCNv3 kernels as one torch operator, ``torch.ops.internimage.dcnv3``.
+
+The operator has a CPU implementation (numba kernels), a CUDA implementation (Triton kernels), a
+fake implementation for tracing, and an autograd formula that calls the registered backward
+operator. The ``backend`` argument names the kernel family so that a forced choice survives
+tracing by ``torch.compile`` as a constant.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from internimage.ops.geometry import DCNv3Geometry
+
+__all__ = ["dcnv3_op", "dcnv3_backward_op"]
+
+
+def _geometry(
+    kernel_size: int, stride: int, pad: int, dilation: int, group: int, offset_scale: float,
+    remove_center: bool,
+) -> DCNv3Geometry:
+    return DCNv3Geometry(kernel_size, stride, pad, dilation, group, offset_scale, remove_center)
+
+
+def _kernels(backend: str) -> Any:
+    # Imported on first use so that CPU-only installs never import Triton, and importing the
+    # package does not compile anything.
+    if backend == "numba":
+        from internimage.ops import cpu_kernels
+
+        return cpu_kernels
+    if backend == "triton":
+        from internimage.ops import triton_kernels
+
+        return triton_kernels
+    raise RuntimeError(f"dcnv3: backend {backend!r} has no registered kernels")
+
+
+@torch.library.custom_op("internimage::dcnv3", mutates_args=(), device_types=("cpu", "cuda"))
+def dcnv3_op(
+    input: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    kernel_size: int,
+    stride: int,
+    pad: int,
+    dilation: int,
+    group: int,
+    offset_scale: float,
+    remove_center: bool,
+    backend: str,
+) -> torch.Tensor:
+    """Forward kernel: ``[N, H, W, G*D]`` sampled into ``[N, Ho, Wo, G*D]``."""
+    geometry = _geometry(kernel_size, stride, pad, dilation, group, offset_scale, remove_center)
+    return _kernels(backend).forward(
+        input.contiguous(), offset.contiguous(), mask.contiguous(), geometry
+    )
+
+
+@dcnv3_op.register_fake
+def _dcnv3_fake(
+    input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, kernel_size: int, stride: int,
+    pad: int, dilation: int, group: int, offset_scale: float, remove_center: bool, backend: str,
+) -> torch.Tensor:
+    return input.new_empty(offset.shape[0], offset.shape[1], offset.shape[2], input.shape[3])
+
+
+@torch.library.custom_op(
+    "internimage::dcnv3_backward", mutates_args=(), device_types=("cpu", "cuda")
+)
+def dcnv3_backward_op(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    kernel_size: int,
+    stride: int,
+    pad: int,
+    dilation: int,
+    group: int,
+    offset_scale: float,
+    remove_center: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward kernel: gradients for input, offset and mask."""
+    geometry = _geometry(kernel_size, stride, pad, dilation, group, offset_scale, remove_center)
+    return _kernels(backend).backward(
+        grad_output.contiguous(), input.contiguous(), offset.contiguous(), mask.contiguous(),
+        geometry,
+    )
+
+
+@dcnv3_backward_op.register_fake
+def _dcnv3_backward_fake(
+    grad_output: torch.Tensor, input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor,
+    kernel_size: int, stride: int, pad: int, dilation: int, group: int, offset_scale: float,
+    remove_center: bool, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return torch.empty_like(input), torch.empty_like(offset), torch.empty_like(mask)
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    input, offset, mask, *scalars = inputs
+    ctx.save_for_backward(input, offset, mask)
+    ctx.scalars = scalars
+
+
+def _backward(
+    ctx: Any, grad_output: torch.Tensor
+) -> tuple[torch.Tensor | None, ...]:
+    input, offset, mask = ctx.saved_tensors
+    grad_input, grad_offset, grad_mask = dcnv3_backward_op(
+        grad_output, input, offset, mask, *ctx.scalars
+    )
+    return (grad_input, grad_offset, grad_mask) + (None,) * len(ctx.scalars)
+
+
+dcnv3_op.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,29 @@
+"""Shared fixtures: the upstream golden cases and deterministic seeding."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+GOLDEN_DIR = Path(
+    os.environ.get("INTERNIMAGE_GOLDEN", Path(__file__).resolve().parents[2] / "shared" / "golden")
+)
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    """Folder of the cases computed by the upstream code; skips where it is absent."""
+    if not (GOLDEN_DIR / "README.md").is_file():
+        pytest.skip(
+            f"upstream golden cases not found at {GOLDEN_DIR} (set INTERNIMAGE_GOLDEN to the "
+            f"folder); they ship beside the repository in CI, not with the package"
+        )
+    return GOLDEN_DIR
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
