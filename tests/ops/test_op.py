@@ -163,8 +163,15 @@ def test_opcheck(dtype: torch.dtype) -> None:
     offset = (offset.detach() * 0.3 + 0.37).requires_grad_(True)
     args = (input, offset, mask, 3, 1, 1, 1, 2, 1.0, False, "numba")
     torch.library.opcheck(dcnv3_op, args)
-    torch.library.opcheck(dcnv3_op, (input[:1], offset[:1], mask[:1], 3, 2, 1, 1, 2, 2.0, False,
-                                     "numba"))
+    # Stride 2 and offset_scale 2: a 4x5 input gives a 2x3 output.
+    strided = (input[:1], offset[:1, ::2, ::2], mask[:1, ::2, ::2])
+    torch.library.opcheck(dcnv3_op, (*strided, 3, 2, 1, 1, 2, 2.0, False, "numba"))
+
+
+def test_registered_op_validates_direct_calls() -> None:
+    input, offset, mask = make_inputs()
+    with pytest.raises(ValueError, match="offset spatial size"):
+        torch.ops.internimage.dcnv3(input, offset, mask, 3, 2, 1, 1, 2, 1.0, False, "numba")
 
 
 def test_compile_fullgraph_has_no_graph_break() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from internimage.ops.geometry import DCNv3Geometry
+from internimage.ops.geometry import DCNv3Geometry, validate_inputs
 
 __all__ = ["dcnv3_op", "dcnv3_backward_op"]
 
@@ -54,6 +54,8 @@ def dcnv3_op(
 ) -> torch.Tensor:
     """Forward kernel: ``[N, H, W, G*D]`` sampled into ``[N, Ho, Wo, G*D]``."""
     geometry = _geometry(kernel_size, stride, pad, dilation, group, offset_scale, remove_center)
+    # The op is public as torch.ops.internimage.dcnv3, so the kernels never trust their caller.
+    validate_inputs(input, offset, mask, geometry)
     return _kernels(backend).forward(
         input.contiguous(), offset.contiguous(), mask.contiguous(), geometry
     )
@@ -86,6 +88,12 @@ def dcnv3_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward kernel: gradients for input, offset and mask."""
     geometry = _geometry(kernel_size, stride, pad, dilation, group, offset_scale, remove_center)
+    validate_inputs(input, offset, mask, geometry)
+    if grad_output.shape != (*offset.shape[:3], input.shape[3]):
+        raise ValueError(
+            f"dcnv3_backward: grad_output shape {tuple(grad_output.shape)} does not match the "
+            f"output shape {(*offset.shape[:3], input.shape[3])}"
+        )
     return _kernels(backend).backward(
         grad_output.contiguous(), input.contiguous(), offset.contiguous(), mask.contiguous(),
         geometry,
