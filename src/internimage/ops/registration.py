@@ -94,6 +94,10 @@ def dcnv3_backward_op(
             f"dcnv3_backward: grad_output shape {tuple(grad_output.shape)} does not match the "
             f"output shape {(*offset.shape[:3], input.shape[3])}"
         )
+    if backend == "triton":
+        # The GPU backward adds into grad_input with atomics, so its last bits may vary between
+        # runs; let torch.use_deterministic_algorithms(True) flag it as PyTorch's own ops do.
+        torch._C._alert_not_deterministic("internimage::dcnv3_backward with the triton backend")
     return _kernels(backend).backward(
         grad_output.contiguous(), input.contiguous(), offset.contiguous(), mask.contiguous(),
         geometry,
