@@ -1,0 +1,87 @@
+"""Building models by name: :func:`create_model` and :func:`list_models`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from internimage.models.checkpoint import extract_state_dict, load_checkpoint, read_checkpoint
+from internimage.models.config import VARIANTS
+from internimage.models.internimage import InternImage, InternImageFeatures
+from internimage.models.pretrained import PRETRAINED, resolve_pretrained
+
+__all__ = ["create_model", "list_models"]
+
+# Top-level modules of the stem and stages (what a feature extractor keeps).
+_BACKBONE_MODULES = ("patch_embed", "levels")
+
+
+def list_models(pretrained: bool = False) -> list[str]:
+    """Names accepted by :func:`create_model`, smallest first.
+
+    Args:
+        pretrained: Only the variants with released weights.
+    """
+    return [name for name, info in VARIANTS.items() if info.pretrained or not pretrained]
+
+
+def create_model(
+    name: str,
+    *,
+    pretrained: bool | str | os.PathLike[str] = False,
+    num_classes: int = 1000,
+    features_only: bool = False,
+    out_indices: Sequence[int] = (0, 1, 2, 3),
+    **overrides: Any,
+) -> InternImage | InternImageFeatures:
+    """Build a named InternImage variant.
+
+    Args:
+        name: One of :func:`list_models`.
+        pretrained: False; True for the released ImageNet weights (downloaded through the
+            Hugging Face cache, needs ``huggingface_hub``); or a checkpoint path or URL. The
+            checkpoint's classifier is kept when ``num_classes`` matches it, otherwise replaced.
+        num_classes: Classifier outputs (0: no classifier).
+        features_only: Return an :class:`InternImageFeatures` giving the stage maps.
+        out_indices: Stages returned by a features-only model.
+        **overrides: :class:`~internimage.models.config.InternImageConfig` fields, e.g.
+            ``drop_path_rate=0.2`` or ``layer_scale=1e-5``.
+
+    Returns:
+        The model, with ``variant`` (the name) and ``pretrained_cfg`` (the
+        :class:`~internimage.models.pretrained.PretrainedWeights` of the released checkpoint,
+        None without one: evaluation size, crop, interpolation, mean and std) attributes.
+
+    Raises:
+        ValueError: Unknown name or override.
+    """
+    if name not in VARIANTS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(VARIANTS)}")
+    config = VARIANTS[name].config.replace(**overrides)
+    if pretrained is False or pretrained is None:
+        model = InternImage(config, num_classes=num_classes)
+        return _finish(InternImageFeatures(model, out_indices) if features_only else model, name)
+    state = extract_state_dict(read_checkpoint(resolve_pretrained(name, pretrained)))
+    if features_only:
+        # A classifier checkpoint also feeds a feature extractor: its head is not needed.
+        model = InternImage(config, num_classes=0)
+        features = InternImageFeatures(model, out_indices)
+        backbone = {k: v for k, v in state.items() if k.split(".")[0] in _BACKBONE_MODULES}
+        load_checkpoint(features, backbone)
+        return _finish(features, name)
+    head = state.get("head.weight")
+    model = InternImage(config, num_classes=int(head.shape[0]) if head is not None else 0)
+    load_checkpoint(model, state)
+    if model.num_classes != num_classes:
+        model.reset_classifier(num_classes)
+    return _finish(model, name)
+
+
+def _finish(
+    model: InternImage | InternImageFeatures, name: str
+) -> InternImage | InternImageFeatures:
+    # Preprocessing of the released weights (mean/std, size, crop), None without them.
+    model.pretrained_cfg = PRETRAINED.get(name)
+    model.variant = name
+    return model

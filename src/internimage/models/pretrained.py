@@ -1,0 +1,162 @@
+"""Registry of the released ImageNet checkpoints and their download through a local cache."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "HUB_REPO",
+    "PRETRAINED",
+    "PretrainedWeights",
+    "download_checkpoint",
+    "resolve_pretrained",
+]
+
+#: Hugging Face repository of the released classification checkpoints.
+HUB_REPO = "OpenGVLab/InternImage"
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+# https://<host>/<owner>/<repo>/resolve/<revision>/<file>
+_HUB_URL = re.compile(r"^(https?://[^/]+)/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """A released checkpoint and its evaluation preprocessing.
+
+    Attributes:
+        variant: Model name it belongs to.
+        file_name: File in :data:`HUB_REPO`.
+        input_size: ``(3, S, S)`` evaluation input.
+        crop_fraction: Centre-crop fraction (resize the shorter side to S / fraction, crop S).
+        interpolation: Resize interpolation.
+        mean: Normalisation mean (RGB, 0-1 scale).
+        std: Normalisation std.
+        num_classes: Classifier outputs.
+        license: Licence of the weights.
+    """
+
+    variant: str
+    file_name: str
+    input_size: tuple[int, int, int]
+    crop_fraction: float = 1.0
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = _IMAGENET_MEAN
+    std: tuple[float, float, float] = _IMAGENET_STD
+    num_classes: int = 1000
+    license: str = "MIT"
+
+    @property
+    def url(self) -> str:
+        """Download address on the Hugging Face hub."""
+        return f"https://huggingface.co/{HUB_REPO}/resolve/main/{self.file_name}"
+
+
+PRETRAINED: dict[str, PretrainedWeights] = {
+    w.variant: w
+    for w in (
+        PretrainedWeights("internimage_t", "internimage_t_1k_224.pth", (3, 224, 224)),
+        PretrainedWeights("internimage_s", "internimage_s_1k_224.pth", (3, 224, 224)),
+        PretrainedWeights("internimage_b", "internimage_b_1k_224.pth", (3, 224, 224)),
+        PretrainedWeights("internimage_l", "internimage_l_22kto1k_384.pth", (3, 384, 384)),
+        PretrainedWeights("internimage_xl", "internimage_xl_22kto1k_384.pth", (3, 384, 384)),
+        PretrainedWeights("internimage_h", "internimage_h_22kto1k_640.pth", (3, 640, 640)),
+        PretrainedWeights("internimage_g", "internimage_g_22kto1k_512.pth", (3, 512, 512)),
+    )
+}
+
+
+def _hub_download(
+    repo_id: str, filename: str, revision: str, endpoint: str | None, cache_dir: str | None
+) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as error:
+        raise ImportError(
+            "downloading pretrained InternImage weights needs huggingface_hub; install it with "
+            "`pip install internimage[hub]` (or pass a local checkpoint path)"
+        ) from error
+    return Path(
+        hf_hub_download(
+            repo_id, filename, revision=revision, endpoint=endpoint, cache_dir=cache_dir
+        )
+    )
+
+
+def _default_cache_dir() -> str | None:
+    # huggingface_hub reads these variables once at import; read them at call time so that a
+    # change made after importing it still applies.
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    return None
+
+
+def download_checkpoint(url: str, *, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Local copy of a checkpoint URL, downloaded once into a cache.
+
+    ``.../<owner>/<repo>/resolve/<revision>/<file>`` addresses (Hugging Face hub layout) go through
+    ``huggingface_hub``'s cache, with the URL's host as endpoint. Other URLs are stored under
+    ``cache_dir`` (default ``$INTERNIMAGE_CACHE`` or ``~/.cache/internimage``) in a folder named
+    by a hash of the URL; the download is written to a temporary file and renamed.
+
+    Args:
+        url: ``http(s)://`` address.
+        cache_dir: Cache folder (default: see above; for hub URLs the hub cache).
+    """
+    match = _HUB_URL.match(url)
+    if match:
+        host, repo_id, revision, filename = match.groups()
+        return _hub_download(
+            repo_id, urllib.parse.unquote(filename), revision, host,
+            str(cache_dir) if cache_dir is not None else _default_cache_dir(),
+        )
+    import torch.hub
+
+    root = Path(
+        cache_dir or os.environ.get("INTERNIMAGE_CACHE") or Path.home() / ".cache" / "internimage"
+    )
+    name = Path(urllib.parse.urlparse(url).path).name or "checkpoint.pth"
+    target = root / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # download_url_to_file writes a temporary file in the same folder and moves it in place.
+        torch.hub.download_url_to_file(url, str(target), progress=False)
+    return target
+
+
+def resolve_pretrained(variant: str, pretrained: bool | str | os.PathLike[str]) -> Path:
+    """Local checkpoint file for ``create_model(..., pretrained=...)``.
+
+    Args:
+        variant: Model name (used when ``pretrained`` is True).
+        pretrained: True (the released weights of ``variant`` from :data:`HUB_REPO`, endpoint
+            ``$HF_ENDPOINT`` if set), an ``http(s)://`` URL, or a local path.
+
+    Raises:
+        ValueError: ``variant`` has no released weights.
+        FileNotFoundError: A local path that does not exist.
+    """
+    if pretrained is True:
+        if variant not in PRETRAINED:
+            raise ValueError(
+                f"{variant!r} has no released weights; variants with weights: "
+                f"{', '.join(PRETRAINED)} (or pass a checkpoint path or URL as pretrained=...)"
+            )
+        return _hub_download(
+            HUB_REPO, PRETRAINED[variant].file_name, "main",
+            os.environ.get("HF_ENDPOINT") or None, _default_cache_dir(),
+        )
+    text = os.fspath(pretrained)
+    if text.startswith(("http://", "https://")):
+        return download_checkpoint(text)
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained checkpoint not found: {path}")
+    return path
