@@ -58,6 +58,7 @@ def test_bad_tensors_are_named(change, message: str) -> None:  # type: ignore[no
         (dict(pad=-1), "pad must be a non-negative integer"),
         (dict(kernel_size=2.5), "kernel_size must be a positive integer"),
         (dict(kernel_size=4, remove_center=True), "remove_center needs an odd kernel_size"),
+        (dict(kernel_size=1, pad=0, remove_center=True), "leaves no sampling point"),
         (dict(offset_scale=float("nan")), "offset_scale must be finite"),
     ],
 )

@@ -179,11 +179,16 @@ def test_non_finite_offsets_read_zero_and_pass_no_gradient() -> None:
     assert mask.grad[0, 1, 1, 0] == 0 and mask.grad[0, 2, 2, 1] == 0
 
 
-def test_empty_batch() -> None:
-    out = dcnv3_reference(
-        torch.randn(0, 5, 6, 8), torch.randn(0, 5, 6, 36), torch.rand(0, 5, 6, 18), group=2
-    )
+def test_empty_batch_keeps_the_autograd_graph() -> None:
+    input = torch.randn(0, 5, 6, 8, requires_grad=True)
+    offset = torch.randn(0, 5, 6, 36, requires_grad=True)
+    mask = torch.rand(0, 5, 6, 18, requires_grad=True)
+    out = dcnv3_reference(input, offset, mask, group=2)
     assert out.shape == (0, 5, 6, 8)
+    assert out.requires_grad
+    out.sum().backward()
+    assert input.grad.shape == input.shape and offset.grad.shape == offset.shape
+    assert mask.grad.shape == mask.shape
 
 
 def _golden_cases(golden_dir: Path) -> list[tuple[dict, dict[str, torch.Tensor]]]:

@@ -52,6 +52,11 @@ class DCNv3Geometry:
                 f"dcnv3: remove_center needs an odd kernel_size (there is no centre point), "
                 f"got kernel_size={self.kernel_size}"
             )
+        if self.remove_center and self.kernel_size == 1:
+            raise ValueError(
+                "dcnv3: remove_center with kernel_size=1 leaves no sampling point; use "
+                "kernel_size >= 3"
+            )
 
     @property
     def points(self) -> int:

@@ -68,8 +68,9 @@ def dcnv3_reference(
 ) -> torch.Tensor:
     """DCNv3 core operator, channels-last, computed with ``grid_sample``.
 
-    ``out[n, ho, wo, g*D + d] = sum_p mask[n, ho, wo, g*P + p] * bilinear(input[..., g*D + d], y, x)``
-    with the sampling coordinates of :func:`sampling_coordinates` and zero padding outside the image.
+    ``out[n, ho, wo, g*D + d] = sum_p mask[n, ho, wo, g*P + p] * bilinear(input_gd, y, x)``
+    with ``input_gd = input[n, :, :, g*D + d]``, the coordinates of :func:`sampling_coordinates` and
+    zero padding outside the image.
 
     Args:
         input: ``[N, H, W, G*D]``.
@@ -93,8 +94,6 @@ def dcnv3_reference(
     n, h, w, c = input.shape
     g, p = group, geometry.points
     d = c // g
-    if n == 0:
-        return input.new_zeros(0, ho, wo, c)
     # Half-precision inputs are computed in float32; float64 stays float64.
     compute = torch.promote_types(input.dtype, torch.float32)
     x, y = sampling_coordinates(offset.to(compute), geometry, h, w)  # [N, Ho, Wo, G, P]
