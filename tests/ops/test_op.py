@@ -31,7 +31,7 @@ def make_inputs(
     "change,message",
     [
         (lambda i, o, m: (i[0], o, m), "input must be 4-D"),
-        (lambda i, o, m: (i, o[..., :-2], m), "offset has 34 channels, expected group\\*points\\*2"),
+        (lambda i, o, m: (i, o[..., :-2], m), "offset has 34 channels, expected group.points.2"),
         (lambda i, o, m: (i, o, m[..., :-1]), "mask has 17 channels, expected group\\*points"),
         (lambda i, o, m: (i, o[:, :-1], m), "offset spatial size \\(4, 6\\) is not the output"),
         (lambda i, o, m: (i, o, m[:1]), "mask batch 1 does not match input batch 2"),
@@ -203,3 +203,19 @@ def test_any_batch_size_including_zero() -> None:
         assert out.shape == (n, 5, 6, 6)
         out.sum().backward()
         assert input.grad.shape == input.shape and offset.grad.shape == offset.shape
+
+
+def test_triton_backward_honours_deterministic_algorithms() -> None:
+    from internimage.ops.registration import _alert_not_deterministic
+
+    _alert_not_deterministic()  # off by default: nothing happens
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        with pytest.raises(RuntimeError, match="not deterministic"):
+            _alert_not_deterministic()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with pytest.warns(UserWarning, match="not deterministic"):
+            _alert_not_deterministic()
+    finally:
+        torch.use_deterministic_algorithms(previous)

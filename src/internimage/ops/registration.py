@@ -8,6 +8,7 @@ tracing by ``torch.compile`` as a constant.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -36,6 +37,27 @@ def _kernels(backend: str) -> Any:
 
         return triton_kernels
     raise RuntimeError(f"dcnv3: backend {backend!r} has no registered kernels")
+
+
+def _alert_not_deterministic() -> None:
+    """Honour torch.use_deterministic_algorithms() as PyTorch's own ops do.
+
+    The GPU backward adds into grad_input with atomics, so its last bits may vary between runs.
+    """
+    if not torch.are_deterministic_algorithms_enabled():
+        return
+    message = (
+        "internimage::dcnv3_backward with the triton backend adds into grad_input with atomics "
+        "and is not deterministic"
+    )
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(message, stacklevel=3)
+        return
+    raise RuntimeError(
+        f"{message}; torch.use_deterministic_algorithms(True) is set: use "
+        f"internimage.ops.use_backend('reference') (deterministic on every device) or "
+        f"warn_only=True"
+    )
 
 
 @torch.library.custom_op("internimage::dcnv3", mutates_args=(), device_types=("cpu", "cuda"))
@@ -95,9 +117,7 @@ def dcnv3_backward_op(
             f"output shape {(*offset.shape[:3], input.shape[3])}"
         )
     if backend == "triton":
-        # The GPU backward adds into grad_input with atomics, so its last bits may vary between
-        # runs; let torch.use_deterministic_algorithms(True) flag it as PyTorch's own ops do.
-        torch._C._alert_not_deterministic("internimage::dcnv3_backward with the triton backend")
+        _alert_not_deterministic()
     return _kernels(backend).backward(
         grad_output.contiguous(), input.contiguous(), offset.contiguous(), mask.contiguous(),
         geometry,
