@@ -274,6 +274,35 @@ def test_non_finite_mask_propagates_like_reference() -> None:
     _assert_close(actual[keep], expected[keep], TOLERANCE[torch.float64], "output")
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize(("h", "w"), [(1, 6), (5, 1), (1, 1), (2, 2)])
+def test_maps_of_one_or_two_pixels_per_side(h: int, w: int, dtype: torch.dtype) -> None:
+    # Nearly every point has corners outside the image, and clamping a corner to the nearest
+    # column or row can land on the same pixel as another corner of the point.
+    _compare_with_reference(2, h, w, 16, DCNv3Geometry(3, group=2), dtype, spread=1.0, seed=5)
+
+
+def test_non_finite_input_and_output_gradient_values() -> None:
+    # Corners outside the image are clamped onto inside ones with weight zero: the output and the
+    # input gradient must still be non-finite exactly where the reference's are.
+    geometry = DCNv3Geometry(3, group=2)
+    input, offset, mask, grad_out = _case(2, 5, 6, 16, geometry, torch.float64)
+    input[0, 0, 0] = float("inf")  # a corner pixel, read by many clamped corners
+    input[0, 2, 5] = -float("inf")
+    input[1, 4, 5, 3] = float("nan")
+    grad_out[1, 0, 0] = float("inf")
+    expected = _with_grads(dcnv3_reference, input, offset, mask, grad_out, geometry)
+    actual = _with_grads(_numba_op, input, offset, mask, grad_out, geometry)
+    for name, a, e in zip(RESULTS, actual, expected, strict=True):
+        both = torch.isfinite(a) & torch.isfinite(e)
+        # Nothing is non-finite where the reference's result is finite.
+        assert torch.equal(both, torch.isfinite(e)), f"{name}: non-finite where reference is not"
+        if name in ("output", "grad_input"):
+            assert torch.equal(torch.isfinite(a), torch.isfinite(e)), name
+            assert not both.all(), f"{name}: the case has no non-finite element"
+        _assert_close(a[both], e[both], TOLERANCE[torch.float64], name)
+
+
 def test_deterministic_across_thread_counts_and_runs() -> None:
     geometry = DCNv3Geometry(3, group=4)
     tensors = _case(3, 12, 10, 16, geometry, torch.float32, spread=3.0)
@@ -290,7 +319,7 @@ def test_deterministic_across_thread_counts_and_runs() -> None:
 def test_import_compiles_nothing() -> None:
     code = (
         "import internimage, internimage.ops.cpu_kernels as k; "
-        "kernels = (k._forward_kernel, k._offset_mask_grad_kernel, k._input_grad_kernel); "
+        "kernels = (k._forward_kernel, k._backward_kernel); "
         "assert not any(kernel.signatures for kernel in kernels)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
