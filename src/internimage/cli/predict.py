@@ -1,0 +1,81 @@
+"""``internimage predict``: the most likely classes of image files."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``predict``."""
+    parser = subparsers.add_parser(
+        "predict",
+        help="classify image files",
+        description="Print the top-k classes and probabilities of each image.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="training checkpoint or weights file")
+    source.add_argument("--pretrained", metavar="MODEL", help="released weights of MODEL")
+    parser.add_argument("--model", help="model name of a plain weights file")
+    parser.add_argument("--ema", action="store_true", help="use the EMA weights")
+    parser.add_argument("--topk", type=int, default=5)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Classify and print; returns 1 when an image could not be read, else 0."""
+    import json
+
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from internimage.train.distributed import resolve_device
+    from internimage.train.evaluate import prepare_batch
+    from internimage.train.inference import load_classifier
+
+    if args.topk < 1:
+        raise SystemExit("--topk must be at least 1")
+    device = resolve_device(args.device, 0)
+    loaded = load_classifier(
+        checkpoint=args.checkpoint, pretrained=args.pretrained, model_name=args.model,
+        use_ema=args.ema, device=device,
+    )
+    transform = loaded.transform()
+    results = []
+    status = 0
+    for path in args.images:
+        try:
+            with Image.open(path) as image:
+                # Grayscale-trained models saw one channel repeated three times.
+                mode = "L" if loaded.grayscale else "RGB"
+                image = image.convert(mode).convert("RGB")
+        except (OSError, UnidentifiedImageError) as error:
+            print(f"{path}: cannot read image ({error})")
+            status = 1
+            continue
+        x = prepare_batch(
+            transform(image)[None], device, loaded.image_size, loaded.mean, loaded.std
+        )
+        with torch.no_grad():
+            probs = loaded.model(x).float().softmax(dim=-1)[0]
+        k = min(args.topk, probs.numel())
+        top = probs.topk(k)
+        entries = [
+            {"class": loaded.classes[int(i)], "index": int(i), "probability": float(p)}
+            for p, i in zip(top.values, top.indices, strict=True)
+        ]
+        results.append({"image": str(path), "top": entries})
+        if not args.json:
+            print(f"{path}:")
+            for entry in entries:
+                print(f"  {entry['probability'] * 100:6.2f}%  {entry['class']} ({entry['index']})")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return status

@@ -1,0 +1,177 @@
+"""``internimage train``: train or fine-tune a classifier (single process or under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+# Flag -> dotted config key, for the settings people change most; every other field is reachable
+# with --set.
+_FLAG_KEYS: dict[str, str] = {
+    "model": "model.name",
+    "pretrained": "model.pretrained",
+    "finetune": "model.finetune",
+    "drop_path_rate": "model.drop_path_rate",
+    "grad_checkpointing": "model.grad_checkpointing",
+    "data": "data.dataset",
+    "data_root": "data.root",
+    "image_size": "data.image_size",
+    "workers": "data.num_workers",
+    "epochs": "schedule.epochs",
+    "warmup_epochs": "schedule.warmup_epochs",
+    "lr": "optim.lr",
+    "weight_decay": "optim.weight_decay",
+    "layer_decay": "optim.layer_decay",
+    "clip_grad": "optim.clip_grad",
+    "batch_size": "batch_size",
+    "accum_steps": "accum_steps",
+    "amp": "amp",
+    "ema_decay": "ema_decay",
+    "seed": "seed",
+    "device": "device",
+    "strategy": "strategy",
+    "output_dir": "output_dir",
+    "name": "name",
+    "checkpoint_every": "checkpoint_every",
+}
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``train``."""
+    from internimage.train.config import PRESETS
+
+    parser = subparsers.add_parser(
+        "train",
+        help="train a classifier (no arguments: the Fashion-MNIST quick job)",
+        description=(
+            "Train an InternImage classifier. Without arguments it trains a small model on the "
+            "bundled Fashion-MNIST subset. Settings come from --preset (or --config FILE), then "
+            "--set section.key=value overrides, then the explicit flags below. Run several "
+            "processes with: torchrun --nproc_per_node N -m internimage.cli.main train ..."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="fashion-mnist",
+                        help="starting configuration")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="JSON/YAML config file (replaces the preset; missing keys keep "
+                             "the preset's values)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set optim.lr=1e-3 (repeatable)")
+    parser.add_argument("--resume", type=Path, default=None,
+                        help="continue a run from its last.pt (or run folder); its saved config "
+                             "is used, with --set and flags applied on top")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as JSON and exit")
+    group = parser.add_argument_group("common settings (shortcuts for --set)")
+    group.add_argument("--model", help="model name, e.g. internimage_t")
+    group.add_argument("--pretrained", action="store_const", const="true",
+                       help="start from the released weights")
+    group.add_argument("--finetune", help="checkpoint to fine-tune from (new head)")
+    group.add_argument("--drop-path-rate", dest="drop_path_rate")
+    group.add_argument("--grad-checkpointing", action="store_const", const="true")
+    group.add_argument("--data", choices=["fashion-mnist-subset", "fashion-mnist", "folder"])
+    group.add_argument("--data-root", help="dataset folder")
+    group.add_argument("--image-size", dest="image_size")
+    group.add_argument("--workers", help="DataLoader workers per process")
+    group.add_argument("--epochs")
+    group.add_argument("--warmup-epochs", dest="warmup_epochs")
+    group.add_argument("--lr", help="peak lr per 512 images (scaled by the total batch)")
+    group.add_argument("--weight-decay", dest="weight_decay")
+    group.add_argument("--layer-decay", dest="layer_decay")
+    group.add_argument("--clip-grad", dest="clip_grad")
+    group.add_argument("--batch-size", dest="batch_size", help="images per process")
+    group.add_argument("--accum-steps", dest="accum_steps")
+    group.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"])
+    group.add_argument("--ema-decay", dest="ema_decay", help="'none' disables the EMA")
+    group.add_argument("--seed")
+    group.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    group.add_argument("--strategy", choices=["ddp", "fsdp"])
+    group.add_argument("--output-dir", dest="output_dir")
+    group.add_argument("--name", help="run folder name (default: a UTC timestamp)")
+    group.add_argument("--checkpoint-every", dest="checkpoint_every",
+                       help="also save last.pt every N optimiser steps")
+    parser.set_defaults(func=run)
+
+
+def _assignments(args: argparse.Namespace) -> list[str]:
+    out = list(args.overrides)
+    for flag, key in _FLAG_KEYS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            out.append(f"{key}={value}")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Resolve the config, train, print a summary; returns the exit code."""
+    import json
+
+    from internimage.train.config import (
+        PRESETS,
+        apply_overrides,
+        config_to_dict,
+        load_config_file,
+    )
+    from internimage.train.distributed import shutdown_distributed
+    from internimage.train.trainer import Trainer
+
+    assignments = _assignments(args)
+    if args.resume is not None:
+        if args.config is not None:
+            raise SystemExit("--resume uses the run's saved config; drop --config")
+        from internimage.train.config import TrainConfig
+
+        # Validate the overrides against a config now; they are re-applied to the stored one.
+        apply_overrides(TrainConfig(), assignments)
+        overrides = _nested(assignments)
+        trainer = Trainer(resume=args.resume, config_overrides=overrides)
+    else:
+        base = PRESETS[args.preset]
+        if args.config is not None:
+            base = load_config_file(args.config, base=base)
+        config = apply_overrides(base, assignments)
+        if args.print_config:
+            print(json.dumps(config_to_dict(config), indent=2))
+            return 0
+        trainer = Trainer(config)
+    try:
+        result = trainer.fit()
+    finally:
+        shutdown_distributed()
+    if trainer.ctx.is_main:
+        final = result.final
+        lines = [
+            "",
+            f"finished in {result.wall_time_s / 60:.1f} min",
+            f"  test top-1 accuracy: {final.get('val_top1', float('nan')):.2f}% "
+            f"(top-5 {final.get('val_top5', float('nan')):.2f}%, best top-1 "
+            f"{result.best_top1:.2f}%)",
+        ]
+        if "ema_top1" in final:
+            lines.append(f"  EMA top-1 accuracy: {final['ema_top1']:.2f}%")
+        lines += [
+            f"  checkpoint: {result.last_checkpoint} (best: {result.best_checkpoint})",
+            f"  curves:     {result.plot}",
+            f"  metrics:    {result.metrics_csv}",
+            f"  evaluate:   internimage eval --checkpoint {result.best_checkpoint}",
+        ]
+        print("\n".join(lines), flush=True)
+    return 0
+
+
+def _nested(assignments: list[str]) -> dict[str, Any]:
+    """``["a.b=1"]`` -> ``{"a": {"b": "1"}}`` (values converted later by the config)."""
+    out: dict[str, Any] = {}
+    for assignment in assignments:
+        key, _, value = assignment.partition("=")
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value.strip()
+    return out

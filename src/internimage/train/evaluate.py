@@ -1,0 +1,97 @@
+"""Top-1 / top-5 evaluation over a data loader, summed across processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from internimage.data.transforms import normalize, to_float_images
+from internimage.train.distributed import all_reduce_sum
+from internimage.train.metrics import topk_correct
+
+__all__ = ["autocast_context", "evaluate", "prepare_batch"]
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op context for full precision."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def prepare_batch(
+    images: torch.Tensor,
+    device: torch.device,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> torch.Tensor:
+    """uint8 ``[B, C, H, W]`` from a loader to normalised float ``[B, 3, S, S]`` on ``device``."""
+    x = to_float_images(images.to(device, non_blocking=True), image_size)
+    return normalize(x, mean, std)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    device: torch.device,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    amp_dtype: torch.dtype | None = None,
+    progress: object | None = None,
+) -> dict[str, float]:
+    """Cross-entropy loss, top-1 and top-5 accuracy (percent) of ``model`` on ``loader``.
+
+    Under ``torch.distributed`` each process evaluates its shard and the sums are all-reduced, so
+    every process returns the metrics of the whole set.
+
+    Args:
+        model: Classifier; put in eval mode for the call and restored afterwards.
+        loader: Yields ``(uint8 images [B, C, H, W], labels [B])``.
+        device: Where to compute.
+        image_size: Network input side.
+        mean: Normalisation mean.
+        std: Normalisation standard deviation.
+        amp_dtype: Autocast dtype, or None for full precision.
+        progress: Optional tqdm-like object with ``update(n)``.
+
+    Returns:
+        ``{"loss", "top1", "top5", "count"}``.
+    """
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64)  # loss sum, top1, top5, count
+    try:
+        for images, labels in loader:
+            if images.shape[0] == 0:
+                continue
+            x = prepare_batch(images, device, image_size, mean, std)
+            labels = labels.to(device)
+            with autocast_context(device, amp_dtype):
+                logits = model(x)
+            logits = logits.float()
+            loss = F.cross_entropy(logits, labels, reduction="sum")
+            top1, top5 = topk_correct(logits, labels, (1, 5))
+            totals += torch.tensor([float(loss), top1, top5, labels.shape[0]], dtype=torch.float64)
+            if progress is not None:
+                progress.update(labels.shape[0])
+    finally:
+        model.train(was_training)
+    if device.type == "cuda":
+        totals = all_reduce_sum(totals.to(device)).cpu()
+    else:
+        totals = all_reduce_sum(totals)
+    count = max(float(totals[3]), 1.0)
+    return {
+        "loss": float(totals[0]) / count,
+        "top1": 100.0 * float(totals[1]) / count,
+        "top5": 100.0 * float(totals[2]) / count,
+        "count": int(totals[3]),
+    }

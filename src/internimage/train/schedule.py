@@ -1,0 +1,87 @@
+"""Learning-rate scaling and the per-step cosine schedule with linear warm-up."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["WarmupCosineSchedule", "scaled_lr"]
+
+#: The batch size learning rates are quoted for (upstream: "lr per 512 images").
+REFERENCE_BATCH = 512
+
+
+def scaled_lr(lr_per_512: float, total_batch: int) -> float:
+    """Linear scaling rule: ``lr_per_512 * total_batch / 512``."""
+    if total_batch < 1:
+        raise ValueError(f"total batch must be positive, got {total_batch}")
+    return lr_per_512 * total_batch / REFERENCE_BATCH
+
+
+class WarmupCosineSchedule:
+    """Sets every group's lr to ``value(step) * group['lr_scale']`` once per optimiser step.
+
+    ``value`` rises linearly from ``warmup_lr`` (step 0) towards ``base_lr`` over
+    ``warmup_steps``, then follows a half cosine from ``base_lr`` down to ``min_lr`` at
+    ``total_steps``. The first call of :meth:`apply` happens before the first step.
+
+    Args:
+        optimizer: Its param groups may carry ``lr_scale`` (layer-wise decay); default 1.
+        base_lr: Peak learning rate (already scaled by the batch size).
+        warmup_lr: Learning rate at step 0.
+        min_lr: Learning rate at the last step.
+        warmup_steps: Warm-up length in optimiser steps.
+        total_steps: Total optimiser steps of the run.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        base_lr: float,
+        warmup_lr: float,
+        min_lr: float,
+        warmup_steps: int,
+        total_steps: int,
+    ) -> None:
+        if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
+            raise ValueError(
+                f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps}), "
+                f"total_steps >= 1"
+            )
+        self.optimizer = optimizer
+        self.base_lr = base_lr
+        self.warmup_lr = warmup_lr
+        self.min_lr = min_lr
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.step_count = 0
+
+    def value(self, step: int) -> float:
+        """Learning rate of optimiser step ``step`` (0-based)."""
+        if step < self.warmup_steps:
+            return self.warmup_lr + (self.base_lr - self.warmup_lr) * step / self.warmup_steps
+        decay_steps = self.total_steps - self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, decay_steps))
+        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_lr + (self.base_lr - self.min_lr) * cosine
+
+    def apply(self) -> float:
+        """Set the lr of the coming step on every group; returns the unscaled value."""
+        lr = self.value(self.step_count)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        return lr
+
+    def step(self) -> None:
+        """Advance after an optimiser step."""
+        self.step_count += 1
+
+    def state_dict(self) -> dict[str, int]:
+        """Position in the schedule."""
+        return {"step_count": self.step_count}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore the position."""
+        self.step_count = int(state["step_count"])

@@ -1,0 +1,602 @@
+"""The training loop: data, model, AdamW + cosine schedule, EMA, mixed precision, checkpoints."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from internimage.data.augment import MixupCutmix, TrainAugmentation, soft_target_cross_entropy
+from internimage.data.datasets import (
+    ArrayImageDataset,
+    ImageFolderDataset,
+    collate_skipping_unreadable,
+)
+from internimage.data.fashion_mnist import (
+    FASHION_MNIST_CLASSES,
+    load_bundled_subset,
+    load_fashion_mnist,
+)
+from internimage.data.transforms import ResizeCenterCrop, normalize, to_float_images
+from internimage.train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    atomic_save,
+    capture_rng_state,
+    load_training_checkpoint,
+    restore_rng_state,
+)
+from internimage.train.config import (
+    DataConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    save_config,
+)
+from internimage.train.distributed import (
+    DistributedContext,
+    ShardedBatchSampler,
+    all_reduce_sum,
+    convert_batchnorm,
+    init_distributed,
+)
+from internimage.train.ema import ModelEma
+from internimage.train.evaluate import autocast_context, evaluate
+from internimage.train.metrics import MetricLog, plot_curves
+from internimage.train.schedule import WarmupCosineSchedule, scaled_lr
+
+__all__ = ["RunResult", "Trainer", "build_datasets", "create_classifier", "resolve_amp"]
+
+# Training-time resize of folder images before the on-device random resized crop: a bit larger
+# than the network input so crops keep detail (the usual 224 -> 256 ratio).
+_TRAIN_LOAD_RATIO = 256 / 224
+
+
+def build_datasets(data: DataConfig) -> tuple[Dataset, Dataset, tuple[str, ...]]:
+    """Training set, validation set and class names of ``data``.
+
+    Items are ``(uint8 [C, H, W], label)``; folder images come resized and centre-cropped
+    (training: to about 1.14x the input side, validation: the evaluation transform).
+    """
+    if data.dataset in ("fashion-mnist-subset", "fashion-mnist"):
+        if data.dataset == "fashion-mnist-subset":
+            train_arrays, val_arrays = load_bundled_subset("train"), load_bundled_subset("test")
+        else:
+            train_arrays = load_fashion_mnist(data.root, "train")
+            val_arrays = load_fashion_mnist(data.root, "test")
+        train_set: Dataset = ArrayImageDataset(*train_arrays, FASHION_MNIST_CLASSES)
+        val_set: Dataset = ArrayImageDataset(*val_arrays, FASHION_MNIST_CLASSES)
+        classes = FASHION_MNIST_CLASSES
+    else:
+        if data.root is None:
+            raise ValueError("data.dataset='folder' needs data.root (the folder with the splits)")
+        root = Path(data.root)
+        load_size = int(round(data.image_size * _TRAIN_LOAD_RATIO))
+        train_set = ImageFolderDataset(
+            root / data.train_split, ResizeCenterCrop(load_size, 1.0, "bilinear")
+        )
+        classes = train_set.classes
+        val_set = ImageFolderDataset(
+            root / data.val_split,
+            ResizeCenterCrop(data.image_size, data.crop_fraction, data.interpolation),
+            classes=classes,
+        )
+    if data.train_limit is not None:
+        train_set = torch.utils.data.Subset(train_set, range(min(data.train_limit, len(train_set))))
+    if data.val_limit is not None:
+        val_set = torch.utils.data.Subset(val_set, range(min(data.val_limit, len(val_set))))
+    return train_set, val_set, tuple(classes)
+
+
+def create_classifier(config: TrainConfig, num_classes: int) -> nn.Module:
+    """The model of ``config.model`` with a ``num_classes`` head, fine-tuning weights loaded."""
+    import internimage
+
+    settings = config.model
+    model = internimage.create_model(
+        settings.name,
+        pretrained=settings.pretrained,
+        num_classes=num_classes,
+        drop_path_rate=settings.drop_path_rate,
+        **settings.architecture_overrides(),
+    )
+    if settings.finetune is not None:
+        # Non-strict: the classifier of the source usually has another class count; every other
+        # tensor must match.
+        result = internimage.load_checkpoint(model, settings.finetune, strict=False)
+        skipped = result.missing + tuple(name for name, *_ in result.mismatched)
+        head_only = all(name.startswith("head.") for name in skipped)
+        if not head_only or result.unexpected:
+            raise ValueError(
+                f"fine-tuning checkpoint {settings.finetune} does not fit {settings.name} beyond "
+                f"its classifier:\n{result.describe()}"
+            )
+    if settings.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """Autocast dtype and whether a GradScaler is needed for the ``amp`` setting on ``device``."""
+    if amp == "none":
+        return None, False
+    if amp == "auto":
+        if device.type != "cuda":
+            return None, False
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, False
+        return torch.float16, True
+    if amp == "bf16":
+        return torch.bfloat16, False
+    if device.type != "cuda":
+        raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' on CPU")
+    return torch.float16, True
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run produced."""
+
+    run_dir: Path
+    last_checkpoint: Path
+    best_checkpoint: Path
+    metrics_csv: Path
+    plot: Path
+    final: dict[str, float]
+    best_top1: float
+    wall_time_s: float
+
+
+def _echo_stdout(message: str) -> None:
+    print(message, flush=True)
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Trainer:
+    """One training run (single process, or one process of a torchrun job).
+
+    Args:
+        config: The run settings.
+        resume: ``last.pt`` (or a run folder holding one) to continue from exactly where it
+            stopped; its stored config is used, with ``config_overrides`` applied on top.
+        config_overrides: Nested mapping applied to the resumed config (e.g. more epochs).
+        echo: Where progress lines go (rank 0 only).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig | None = None,
+        *,
+        resume: str | Path | None = None,
+        config_overrides: dict[str, Any] | None = None,
+        echo: Callable[[str], None] = _echo_stdout,
+    ) -> None:
+        self.resume_state: dict[str, Any] | None = None
+        if resume is not None:
+            path = Path(resume)
+            if path.is_dir():
+                path = path / "last.pt"
+            self.resume_state = load_training_checkpoint(path)
+            config = config_from_dict(self.resume_state["config"])
+            if config_overrides:
+                config = config_from_dict(config_overrides, base=config)
+            self.run_dir: Path | None = path.parent
+        else:
+            if config is None:
+                raise ValueError("give a config or a checkpoint to resume from")
+            self.run_dir = None
+        self.config = config
+        self.echo = echo
+
+    # ----------------------------------------------------------------------------------- setup
+    def _say(self, message: str) -> None:
+        if self.ctx.is_main:
+            self.echo(message)
+
+    def _choose_run_dir(self) -> Path:
+        if self.run_dir is not None:
+            return self.run_dir
+        name = self.config.name or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        if self.ctx.enabled:
+            box = [name]
+            dist.broadcast_object_list(box, src=0)
+            name = box[0]
+        return Path(self.config.output_dir) / name
+
+    def _loader(self, dataset: Dataset, sampler: ShardedBatchSampler, seed: int) -> DataLoader:
+        cfg = self.config.data
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=cfg.num_workers,
+            collate_fn=collate_skipping_unreadable,
+            pin_memory=self.ctx.device.type == "cuda",
+            persistent_workers=cfg.num_workers > 0,
+            # Its own generator, so worker seeding never draws from the global torch RNG that the
+            # augmentation uses (and that checkpoints restore).
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if not self.ctx.enabled:
+            return model
+        model = convert_batchnorm(model, self.ctx.device)
+        if self.config.strategy == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            from internimage.models.internimage import Block
+
+            # One shard unit per block, then the rest of the network.
+            for module in model.modules():
+                if isinstance(module, Block):
+                    fully_shard(module)
+            fully_shard(model)
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+
+    # ------------------------------------------------------------------------------ state i/o
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        if self.config.strategy == "fsdp" and self.ctx.enabled:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+            )
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return get_model_state_dict(self.model, options=options)
+        return {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        if self.config.strategy == "fsdp" and self.ctx.enabled:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_optimizer_state_dict,
+            )
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return get_optimizer_state_dict(self.model, self.optimizer, options=options)
+        return self.optimizer.state_dict()
+
+    def _load_states(self, state: dict[str, Any]) -> None:
+        if self.config.strategy == "fsdp" and self.ctx.enabled:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+            set_model_state_dict(self.model, state["model"], options=options)
+            set_optimizer_state_dict(
+                self.model, self.optimizer, state["optimizer"], options=options
+            )
+        else:
+            self.net.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]
+        if len(rng) == self.ctx.world_size:
+            restore_rng_state(rng[self.ctx.rank])
+        else:
+            self._say(
+                f"warning: checkpoint was written by {len(rng)} processes, this run has "
+                f"{self.ctx.world_size}; random streams are reseeded, so augmentation differs"
+            )
+            torch.manual_seed(self.config.seed + 7919 * self.ctx.rank + state["global_step"])
+
+    def _save(self, path: Path, epoch: int, step_in_epoch: int, metrics: dict[str, Any]) -> None:
+        rng = capture_rng_state()
+        if self.ctx.enabled:
+            gathered: list[Any] = [None] * self.ctx.world_size
+            dist.all_gather_object(gathered, rng)
+        else:
+            gathered = [rng]
+        model_state = self._model_state()
+        optimizer_state = self._optimizer_state()
+        if not self.ctx.is_main:
+            return
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "model": model_state,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": optimizer_state,
+            "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": gathered,
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "global_step": self.global_step,
+            "best_top1": self.best_top1,
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float | str)},
+            "config": config_to_dict(self.config),
+            "model_name": self.config.model.name,
+            "classes": list(self.classes),
+            "image_size": self.config.data.image_size,
+            "mean": list(self.config.data.mean),
+            "std": list(self.config.data.std),
+            "crop_fraction": self.config.data.crop_fraction,
+            "interpolation": self.config.data.interpolation,
+            "world_size": self.ctx.world_size,
+        }
+        atomic_save(payload, path)
+
+    # ---------------------------------------------------------------------------------- run
+    def fit(self) -> RunResult:
+        """Train (or continue) to the configured number of epochs; returns the outputs."""
+        cfg = self.config
+        started = time.perf_counter()
+        self.ctx: DistributedContext = init_distributed(cfg.device)
+        device = self.ctx.device
+        # Same seed everywhere for the weights; DDP/FSDP also broadcast rank 0's.
+        torch.manual_seed(cfg.seed)
+        train_set, val_set, self.classes = build_datasets(cfg.data)
+        net = create_classifier(cfg, len(self.classes)).to(device)
+        self.net = net
+        self.ema = (
+            ModelEma(net, cfg.ema_decay, warmup=cfg.ema_warmup)
+            if cfg.ema_decay is not None else None
+        )
+        if self.ema is not None and self.ctx.enabled and cfg.strategy == "fsdp":
+            raise ValueError("ema_decay is not supported with strategy='fsdp'; set ema_decay=none")
+        self.amp_dtype, needs_scaler = resolve_amp(cfg.amp, device)
+        self.scaler = torch.amp.GradScaler(device.type) if needs_scaler else None
+
+        global_batch = cfg.batch_size * self.ctx.world_size
+        total_batch = global_batch * cfg.accum_steps
+        sampler = ShardedBatchSampler(
+            len(train_set), global_batch, rank=self.ctx.rank, world_size=self.ctx.world_size,
+            seed=cfg.seed,
+        )
+        steps_per_epoch = sampler.batches_per_epoch() // cfg.accum_steps
+        if steps_per_epoch < 1:
+            raise ValueError(
+                f"{len(train_set)} training images give no full step of {total_batch} images"
+            )
+        total_steps = steps_per_epoch * cfg.schedule.epochs
+        base_lr = scaled_lr(cfg.optim.lr, total_batch)
+
+        self.model = self._wrap(net)
+        # Groups are built on the wrapped parameters (FSDP replaces them by sharded ones).
+        groups = net.param_groups(cfg.optim.weight_decay, layer_decay=cfg.optim.layer_decay)
+        self.optimizer = torch.optim.AdamW(
+            groups, lr=base_lr, betas=cfg.optim.betas, eps=cfg.optim.eps
+        )
+        self.schedule = WarmupCosineSchedule(
+            self.optimizer,
+            base_lr=base_lr,
+            warmup_lr=scaled_lr(cfg.schedule.warmup_lr, total_batch),
+            min_lr=scaled_lr(cfg.schedule.min_lr, total_batch),
+            warmup_steps=int(round(cfg.schedule.warmup_epochs * steps_per_epoch)),
+            total_steps=total_steps,
+        )
+        augment = TrainAugmentation(cfg.augment, cfg.data.image_size).to(device)
+        mixer = MixupCutmix(cfg.augment, len(self.classes))
+
+        # Different augmentation per process; the resumed state overrides this below.
+        torch.manual_seed(cfg.seed + 7919 * self.ctx.rank)
+        self.global_step, self.best_top1 = 0, -1.0
+        start_epoch, start_step = 0, 0
+        if self.resume_state is not None:
+            state = self.resume_state
+            self._load_states(state)
+            self.global_step = int(state["global_step"])
+            self.best_top1 = float(state["best_top1"])
+            start_epoch, start_step = int(state["epoch"]), int(state["step_in_epoch"])
+
+        run_dir = self._choose_run_dir()
+        self.run_dir = run_dir
+        paths = {
+            "last": run_dir / "last.pt",
+            "best": run_dir / "best.pt",
+            "epochs": run_dir / "metrics.csv",
+            "steps": run_dir / "train_steps.csv",
+            "plot": run_dir / "curves.png",
+        }
+        if self.ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.json")
+            epochs_log = MetricLog(paths["epochs"], tensorboard_dir=run_dir / "tensorboard")
+            steps_log = MetricLog(paths["steps"])
+            epochs_log.truncate_after(self.global_step)
+            steps_log.truncate_after(self.global_step)
+        n_params = sum(p.numel() for p in net.parameters())
+        self._say(
+            f"training {cfg.model.name} ({n_params / 1e6:.2f}M parameters) on {cfg.data.dataset}: "
+            f"{len(train_set)} train / {len(val_set)} validation images, {len(self.classes)} "
+            f"classes, {cfg.schedule.epochs} epochs x {steps_per_epoch} steps, total batch "
+            f"{total_batch}, lr {base_lr:.3g}, {self.ctx.world_size} process(es) on {device}, "
+            f"run folder {run_dir}"
+            + (f" (resuming at epoch {start_epoch + 1} step {start_step})" if start_step or
+               start_epoch else "")
+        )
+
+        train_loader = self._loader(train_set, sampler, cfg.seed + self.ctx.rank)
+        val_sampler = ShardedBatchSampler(
+            len(val_set), global_batch, rank=self.ctx.rank, world_size=self.ctx.world_size,
+            shuffle=False, drop_last=False,
+        )
+        val_loader = self._loader(val_set, val_sampler, cfg.seed)
+        eval_model = self.model if (cfg.strategy == "fsdp" and self.ctx.enabled) else net
+        metrics: dict[str, Any] = {}
+        show_bar = cfg.progress and self.ctx.is_main and sys.stderr.isatty()
+        run_started = time.perf_counter()
+        steps_at_start = self.global_step
+
+        for epoch in range(start_epoch, cfg.schedule.epochs):
+            first = start_step if epoch == start_epoch else 0
+            sampler.set_epoch(epoch, start_batch=first * cfg.accum_steps)
+            batches = iter(train_loader)
+            self.model.train()
+            bar = None
+            if show_bar:
+                from tqdm import tqdm
+
+                bar = tqdm(
+                    total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/"
+                    f"{cfg.schedule.epochs}", unit="step", dynamic_ncols=True, leave=False,
+                )
+            epoch_loss, epoch_steps = 0.0, 0
+            for step_in_epoch in range(first, steps_per_epoch):
+                lr = self.schedule.apply()
+                loss_value = self._train_step(batches, augment, mixer, device)
+                self.schedule.step()
+                self.global_step += 1
+                epoch_loss += loss_value
+                epoch_steps += 1
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+                    bar.update(1)
+                if self.global_step % cfg.log_every == 0 or step_in_epoch == steps_per_epoch - 1:
+                    if self.ctx.is_main:
+                        steps_log.append(
+                            {"step": self.global_step, "epoch": epoch + 1, "lr": lr,
+                             "train_loss": loss_value}
+                        )
+                    if bar is None:
+                        done = self.global_step - steps_at_start
+                        elapsed = time.perf_counter() - run_started
+                        left = (total_steps - self.global_step) * elapsed / max(done, 1)
+                        self._say(
+                            f"epoch {epoch + 1}/{cfg.schedule.epochs} step "
+                            f"{step_in_epoch + 1}/{steps_per_epoch} loss {loss_value:.4f} "
+                            f"lr {lr:.2e} {done * total_batch / max(elapsed, 1e-9):.0f} img/s "
+                            f"elapsed {_format_duration(elapsed)} eta {_format_duration(left)}"
+                        )
+                if (cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0
+                        and step_in_epoch < steps_per_epoch - 1):
+                    self._save(paths["last"], epoch, step_in_epoch + 1, metrics)
+            if bar is not None:
+                bar.close()
+
+            last_epoch = epoch == cfg.schedule.epochs - 1
+            if (epoch + 1) % cfg.eval_every == 0 or last_epoch:
+                metrics = self._evaluate_all(eval_model, val_loader, epoch, epoch_loss, epoch_steps)
+                if self.ctx.is_main:
+                    epochs_log.append(metrics)
+                improved = metrics["val_top1"] > self.best_top1
+                self.best_top1 = max(self.best_top1, metrics["val_top1"])
+                self._save(paths["last"], epoch + 1, 0, metrics)
+                if improved:
+                    self._save(paths["best"], epoch + 1, 0, metrics)
+            else:
+                self._save(paths["last"], epoch + 1, 0, metrics)
+
+        wall = time.perf_counter() - started
+        if self.ctx.is_main:
+            plot_curves(steps_log, epochs_log, paths["plot"])
+            epochs_log.close()
+        if not metrics and self.resume_state is not None:
+            metrics = dict(self.resume_state.get("metrics", {}))
+        return RunResult(
+            run_dir=run_dir,
+            last_checkpoint=paths["last"],
+            best_checkpoint=paths["best"],
+            metrics_csv=paths["epochs"],
+            plot=paths["plot"],
+            final=metrics,
+            best_top1=self.best_top1,
+            wall_time_s=wall,
+        )
+
+    def _train_step(
+        self,
+        batches: Any,
+        augment: TrainAugmentation,
+        mixer: MixupCutmix,
+        device: torch.device,
+    ) -> float:
+        """One optimiser step over ``accum_steps`` micro-batches; returns the mean loss of all
+        processes."""
+        cfg = self.config
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for micro in range(cfg.accum_steps):
+            images, labels = next(batches)
+            x = to_float_images(images.to(device, non_blocking=True), cfg.data.image_size)
+            labels = labels.to(device, non_blocking=True)
+            x = augment(x)
+            x = augment.erase(normalize(x, cfg.data.mean, cfg.data.std))
+            x, targets = mixer(x, labels)
+            sync = micro == cfg.accum_steps - 1 or not hasattr(self.model, "no_sync")
+            context = self.model.no_sync() if not sync else nullcontext()
+            with context:
+                with autocast_context(device, self.amp_dtype):
+                    logits = self.model(x)
+                loss = soft_target_cross_entropy(logits, targets) / cfg.accum_steps
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"training loss became {float(loss)} at step {self.global_step}; lower "
+                        f"optim.lr or check the data"
+                    )
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            loss_sum += float(loss.detach())
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if cfg.optim.clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.net)
+        if self.ctx.enabled:
+            loss_sum = all_reduce_sum(loss_sum.float().to(device)).cpu().double()
+            loss_sum /= self.ctx.world_size
+        return float(loss_sum)
+
+    def _evaluate_all(
+        self,
+        model: nn.Module,
+        loader: DataLoader,
+        epoch: int,
+        epoch_loss: float,
+        epoch_steps: int,
+    ) -> dict[str, Any]:
+        cfg = self.config
+        common = dict(
+            device=self.ctx.device, image_size=cfg.data.image_size, mean=cfg.data.mean,
+            std=cfg.data.std, amp_dtype=self.amp_dtype,
+        )
+        result = evaluate(model, loader, **common)
+        row: dict[str, Any] = {
+            "step": self.global_step,
+            "epoch": epoch + 1,
+            "train_loss": epoch_loss / max(epoch_steps, 1),
+            "val_loss": result["loss"],
+            "val_top1": result["top1"],
+            "val_top5": result["top5"],
+        }
+        if self.ema is not None:
+            ema_result = evaluate(self.ema.module, loader, **common)
+            row.update(ema_top1=ema_result["top1"], ema_top5=ema_result["top5"])
+        message = (
+            f"epoch {epoch + 1}/{cfg.schedule.epochs}: train loss {row['train_loss']:.4f}, "
+            f"validation loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f}% top-5 "
+            f"{row['val_top5']:.2f}%"
+        )
+        if self.ema is not None:
+            message += f", EMA top-1 {row['ema_top1']:.2f}%"
+        self._say(message)
+        return row

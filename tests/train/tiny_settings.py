@@ -1,0 +1,52 @@
+"""Tiny training settings shared by the training tests (seconds per run on two cores).
+
+Imported by the test modules of this folder (pytest puts the folder on ``sys.path``)."""
+
+from __future__ import annotations
+
+import socket
+
+# A one-block-per-stage network on 32-pixel images, 64 training images in batches of 16:
+# 4 optimiser steps per epoch.
+TINY_SETTINGS = [
+    "model.name=internimage_atto",
+    "model.depths=1,1,1,1",
+    "model.drop_path_rate=0",
+    "data.dataset=fashion-mnist-subset",
+    "data.image_size=32",
+    "data.train_limit=64",
+    "data.val_limit=32",
+    "data.num_workers=0",
+    "schedule.epochs=2",
+    "schedule.warmup_epochs=0.5",
+    "optim.lr=4e-3",
+    "batch_size=16",
+    "log_every=1",
+    "progress=false",
+]
+
+# No randomness at all: for comparing runs that draw random numbers differently.
+NO_AUGMENTATION = [
+    "augment.hflip=0",
+    "augment.crop_padding=0",
+    "augment.random_resized_crop=false",
+    "augment.randaugment_ops=0",
+    "augment.random_erasing=0",
+    "augment.mixup_alpha=0",
+    "augment.cutmix_alpha=0",
+]
+
+
+def set_args(assignments: list[str]) -> list[str]:
+    """``["a=1", ...]`` -> ``["--set", "a=1", ...]``."""
+    out: list[str] = []
+    for assignment in assignments:
+        out += ["--set", assignment]
+    return out
+
+
+def free_port() -> int:
+    """A TCP port that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
