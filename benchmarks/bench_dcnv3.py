@@ -36,13 +36,18 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+# Before torch loads: idle OpenMP workers of torch and of the numba kernels must not spin
+# against each other (see internimage/__init__.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import torch
+
+from internimage.files import atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BACKENDS = ("reference", "numba")
@@ -395,14 +400,6 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp",
-                                     delete=False) as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -441,8 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         gpu_argv = ["--repeats", str(args.repeats), "--output-dir", str(args.output_dir)]
         return gpu_main(gpu_argv + (["--quick"] if args.quick else []))
     results = run_cpu(args)
-    write_atomic(args.output_dir / "dcnv3_cpu.json", json.dumps(results, indent=2) + "\n")
-    write_atomic(args.output_dir / "dcnv3_cpu.md", markdown(results))
+    atomic_write_text(args.output_dir / "dcnv3_cpu.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(args.output_dir / "dcnv3_cpu.md", markdown(results))
     print(f"overall: {'PASS' if results['all_pass'] else 'FAIL'}")
     return 0
 

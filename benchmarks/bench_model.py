@@ -28,15 +28,19 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# Before torch loads: idle OpenMP workers of torch and of the numba kernels must not spin
+# against each other (see internimage/__init__.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import torch
 
 import internimage
+from internimage.files import atomic_write_text
 from internimage.models import count_macs, create_model
 from internimage.ops import available_backends, use_backend
 
@@ -208,14 +212,6 @@ def _markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write the results; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -284,8 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             "reference_operator_share_at_least": 1 - 1 / speed,
         }
     stem = args.output or RESULTS_DIR / f"model_{device.type}"
-    _write_atomic(stem.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
-    _write_atomic(stem.with_suffix(".md"), _markdown(result))
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
+    atomic_write_text(stem.with_suffix(".md"), _markdown(result))
     print(_markdown(result))
     return 0
 

@@ -27,13 +27,14 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from internimage.files import atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -461,19 +462,6 @@ def _fmt(value: float | None, spec: str) -> str:
     return "unknown" if value is None else format(value, spec)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options of the stand-alone benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -495,9 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as error:
         print(f"dcnv3_gpu: {error}", file=sys.stderr)
         return 1
-    write_atomic(args.output_dir / "dcnv3_gpu.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.output_dir / "dcnv3_gpu.json", json.dumps(result, indent=2) + "\n")
     markdown = to_markdown(result)
-    write_atomic(args.output_dir / "dcnv3_gpu.md", markdown)
+    atomic_write_text(args.output_dir / "dcnv3_gpu.md", markdown)
     print(markdown)
     return 0
 

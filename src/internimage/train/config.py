@@ -435,7 +435,7 @@ def load_config_file(path: str | Path, base: TrainConfig | None = None) -> Train
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write the config as JSON, atomically."""
-    from internimage.train.checkpoint import atomic_write_bytes
+    from internimage.files import atomic_write_bytes
 
     text = json.dumps(config_to_dict(config), indent=2, sort_keys=False) + "\n"
     atomic_write_bytes(Path(path), text.encode("utf-8"))

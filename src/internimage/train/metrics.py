@@ -68,7 +68,7 @@ class MetricLog:
             self._writer.flush()
 
     def _rewrite(self) -> None:
-        from internimage.train.checkpoint import atomic_write_bytes
+        from internimage.files import atomic_write_bytes
 
         keys: list[str] = []
         for row in self.rows:
@@ -128,7 +128,7 @@ def plot_curves(steps_log: MetricLog, epochs_log: MetricLog, path: str | Path) -
     figure.tight_layout()
     import io
 
-    from internimage.train.checkpoint import atomic_write_bytes
+    from internimage.files import atomic_write_bytes
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
