@@ -47,6 +47,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
+from bench_common import cpu_model
 from internimage.files import atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -239,13 +240,6 @@ def measure_memory(backend: str, stage_index: int) -> float:
         check=True, capture_output=True, text=True,
     )
     return float(json.loads(result.stdout.strip().splitlines()[-1])["peak_extra_mib"])
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def environment() -> dict[str, Any]:

@@ -25,6 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
+from bench_common import cpu_model
 from internimage.train import PRESETS, Trainer, apply_overrides, config_to_dict
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -48,14 +49,7 @@ def _versions() -> dict[str, str]:
 
 
 def _machine() -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "cpu": cpu,
         "logical_cores": os.cpu_count(),

@@ -40,6 +40,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 import internimage
+from bench_common import cpu_model
 from internimage.files import atomic_write_text
 from internimage.models import count_macs, create_model
 from internimage.ops import available_backends, use_backend
@@ -81,14 +82,7 @@ def matmul_rate(
 
 
 def _machine(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "cpu": cpu,
