@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from internimage.data import (
     FASHION_MNIST_CLASSES,
@@ -122,3 +123,16 @@ def test_class_name_lists() -> None:
     duplicates = {n for n, c in Counter(names).items() if c > 1}
     assert duplicates == {"crane", "maillot"}
     assert len(FASHION_MNIST_CLASSES) == 10 and FASHION_MNIST_CLASSES[9] == "Ankle boot"
+
+
+def test_fashion_mnist_dataset_names_its_split_and_rejects_unknown_names() -> None:
+    from internimage.data import fashion_mnist_dataset, load_bundled_subset
+
+    test_set = fashion_mnist_dataset("fashion-mnist-subset", "test")
+    images, labels = load_bundled_subset("test")
+    assert len(test_set) == len(labels)
+    image, label = test_set[0]
+    assert label == int(labels[0])
+    assert torch.equal(torch.as_tensor(image).flatten(), torch.as_tensor(images[0]).flatten())
+    with pytest.raises(ValueError, match="unknown Fashion-MNIST dataset 'mnist'"):
+        fashion_mnist_dataset("mnist", "test")

@@ -48,15 +48,10 @@ def run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader, Subset
 
     from internimage.data.datasets import (
-        ArrayImageDataset,
         ImageFolderDataset,
         collate_skipping_unreadable,
     )
-    from internimage.data.fashion_mnist import (
-        FASHION_MNIST_CLASSES,
-        load_bundled_subset,
-        load_fashion_mnist,
-    )
+    from internimage.data.fashion_mnist import fashion_mnist_dataset
     from internimage.train.distributed import resolve_device
     from internimage.train.evaluate import evaluate
     from internimage.train.inference import load_classifier
@@ -72,10 +67,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if dataset_kind is None:
         raise SystemExit("say which data to evaluate on: --data folder --data-root DIR")
-    if dataset_kind == "fashion-mnist-subset":
-        dataset = ArrayImageDataset(*load_bundled_subset("test"), FASHION_MNIST_CLASSES)
-    elif dataset_kind == "fashion-mnist":
-        dataset = ArrayImageDataset(*load_fashion_mnist(root, "test"), FASHION_MNIST_CLASSES)
+    if dataset_kind in ("fashion-mnist-subset", "fashion-mnist"):
+        dataset = fashion_mnist_dataset(dataset_kind, "test", root)
     else:
         if root is None:
             raise SystemExit("--data folder needs --data-root DIR")

@@ -16,6 +16,7 @@ from internimage.data.datasets import (
 from internimage.data.fashion_mnist import (
     FASHION_MNIST_CLASSES,
     bundled_subset_path,
+    fashion_mnist_dataset,
     find_fashion_mnist_root,
     load_bundled_subset,
     load_fashion_mnist,
@@ -43,6 +44,7 @@ __all__ = [
     "UnreadableImageWarning",
     "bundled_subset_path",
     "collate_skipping_unreadable",
+    "fashion_mnist_dataset",
     "find_fashion_mnist_root",
     "imagenet_classes",
     "load_bundled_subset",

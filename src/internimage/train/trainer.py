@@ -18,15 +18,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from internimage.data.augment import MixupCutmix, TrainAugmentation, soft_target_cross_entropy
 from internimage.data.datasets import (
-    ArrayImageDataset,
     ImageFolderDataset,
     collate_skipping_unreadable,
 )
-from internimage.data.fashion_mnist import (
-    FASHION_MNIST_CLASSES,
-    load_bundled_subset,
-    load_fashion_mnist,
-)
+from internimage.data.fashion_mnist import FASHION_MNIST_CLASSES, fashion_mnist_dataset
 from internimage.data.transforms import ResizeCenterCrop, normalize, to_float_images
 from internimage.train.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -68,13 +63,8 @@ def build_datasets(data: DataConfig) -> tuple[Dataset, Dataset, tuple[str, ...]]
     (training: to about 1.14x the input side, validation: the evaluation transform).
     """
     if data.dataset in ("fashion-mnist-subset", "fashion-mnist"):
-        if data.dataset == "fashion-mnist-subset":
-            train_arrays, val_arrays = load_bundled_subset("train"), load_bundled_subset("test")
-        else:
-            train_arrays = load_fashion_mnist(data.root, "train")
-            val_arrays = load_fashion_mnist(data.root, "test")
-        train_set: Dataset = ArrayImageDataset(*train_arrays, FASHION_MNIST_CLASSES)
-        val_set: Dataset = ArrayImageDataset(*val_arrays, FASHION_MNIST_CLASSES)
+        train_set: Dataset = fashion_mnist_dataset(data.dataset, "train", data.root)
+        val_set: Dataset = fashion_mnist_dataset(data.dataset, "test", data.root)
         classes = FASHION_MNIST_CLASSES
     else:
         if data.root is None:
