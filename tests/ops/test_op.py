@@ -196,6 +196,48 @@ def test_compile_fullgraph_has_no_graph_break() -> None:
         torch.testing.assert_close(compiled(input, offset, mask), expected)
 
 
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+def test_autocast_runs_mixed_dtypes_in_the_autocast_dtype(backend: str) -> None:
+    # CUDA autocast hands the op bfloat16/float16 features and offsets but a float32 mask (its
+    # softmax runs in float32); the op must cast, not reject, and run in the autocast dtype.
+    input, offset, mask = make_inputs(n=2, h=6, w=7, group=2, d=5)
+    input = input.bfloat16().requires_grad_(True)
+    offset = (offset * 0.3 + 0.37).bfloat16().requires_grad_(True)
+    mask = mask.requires_grad_(True)  # float32
+    with use_backend(backend), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = dcnv3(input, offset, mask, group=2)
+    assert out.dtype == torch.bfloat16
+    grads = torch.autograd.grad(out.float().square().sum(), (input, offset, mask))
+    # Each gradient comes back in its tensor's own dtype, as autocast's casts do.
+    assert [g.dtype for g in grads] == [torch.bfloat16, torch.bfloat16, torch.float32]
+    with use_backend(backend):
+        expected = dcnv3(input, offset, mask.bfloat16(), group=2)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_autocast_leaves_float64_alone_and_off_means_strict() -> None:
+    input, offset, mask = make_inputs(dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert dcnv3(input, offset, mask, group=2).dtype == torch.float64
+    # Without autocast, mixed dtypes are still an error that names them.
+    with pytest.raises(TypeError, match="dtype mismatch"):
+        dcnv3(input.float(), offset.float(), mask.bfloat16(), group=2)
+
+
+def test_compile_fullgraph_under_autocast() -> None:
+    torch._dynamo.reset()
+    input, offset, mask = make_inputs()
+
+    def layer(x: torch.Tensor, o: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return dcnv3(x.bfloat16(), o.bfloat16(), m, group=2)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = torch.compile(layer, fullgraph=True, backend="aot_eager")(input, offset, mask)
+        expected = layer(input, offset, mask)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
 def test_any_batch_size_including_zero() -> None:
     for n in (0, 1, 3, 7):
         input, offset, mask = make_inputs(n=n, requires_grad=True)

@@ -17,6 +17,14 @@ float16   2e-3      2e-3      both compute in float32 and round once: at most ~2
 bfloat16  1.6e-2    1e-2      as float16 with bfloat16's 2**-7 ulp
 ========  ========  ========  ==============================================================
 
+Full-size float32 cases on CUDA (the InternImage-T stage shapes, the large batches) are judged
+against the reference computed in float64 instead: at a 56-pixel image a float32 coordinate is only
+exact to about 4e-6 px, so any float32 implementation, the float32 reference included, is off the
+exact result by more than 1e-5 in a few thousand of 800k values (measured: up to 7e-5 for the
+offset gradient). The allowed absolute error there is ``max(1e-5, 2 x the float32 reference's own
+largest error)``, measured on the same inputs in the same test: the kernels must be about as exact
+as the reference.
+
 Offsets are drawn as ``integer + fraction`` with the fraction in [0.1, 0.4], so no sampling point
 lies on an integer pixel position, where bilinear sampling has a kink and the two one-sided offset
 gradients legitimately differ (the reference's ``grid_sample`` rescales coordinates and may round a
@@ -206,17 +214,30 @@ def _kernels_result(
     return (out, *grads)
 
 
-def compare_case(case: Case, device: str | torch.device = "cpu") -> None:
-    """Assert that the Triton kernels match the reference on ``case`` (AssertionError if not)."""
+def compare_case(
+    case: Case, device: str | torch.device = "cpu", *, float64_oracle: bool = False
+) -> None:
+    """Assert that the Triton kernels match the reference on ``case`` (AssertionError if not).
+
+    With ``float64_oracle`` the float32 kernels are judged against the float64 reference, with
+    an absolute tolerance of twice the float32 reference's own error (see the module docstring).
+    """
     input, offset, mask, grad_output = make_tensors(case, device)
     expected = _reference(case, input, offset, mask, grad_output)
     actual = _kernels_result(case, input, offset, mask, grad_output)
     rtol, atol = TOLERANCES[_DTYPES[case.dtype]]
-    for name, a, e in zip(("output", "grad_input", "grad_offset", "grad_mask"), actual, expected,
-                          strict=True):
+    atols = [atol] * 4
+    if float64_oracle:
+        assert case.dtype == "float32", "the float64 oracle is for float32 cases"
+        exact = _reference(case, *(t.double() for t in (input, offset, mask, grad_output)))
+        atols = [max(atol, 2.0 * (e32.double() - e64).abs().max().item())
+                 for e32, e64 in zip(expected, exact, strict=True)]
+        expected = tuple(e64.float() for e64 in exact)
+    for name, a, e, tol in zip(("output", "grad_input", "grad_offset", "grad_mask"), actual,
+                               expected, atols, strict=True):
         assert a.dtype == e.dtype and a.shape == e.shape, (
             f"{name}: got {a.dtype} {tuple(a.shape)}, expected {e.dtype} {tuple(e.shape)}")
-        torch.testing.assert_close(a, e, rtol=rtol, atol=atol, equal_nan=True,
+        torch.testing.assert_close(a, e, rtol=rtol, atol=tol, equal_nan=True,
                                    msg=lambda m, name=name: f"{name}: {m}")
     if case.nonfinite:
         grad_offset = actual[2]
@@ -498,7 +519,8 @@ def _stage_case(side: int, channels: int, groups: int, n: int, dtype: str) -> Ca
 def test_cuda_internimage_t_stages(stage: tuple[int, int, int], dtype: str) -> None:
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("TRITON_INTERPRET=1 is set; CUDA tests need compiled kernels")
-    compare_case(_stage_case(*stage, n=4, dtype=dtype), "cuda")
+    compare_case(_stage_case(*stage, n=4, dtype=dtype), "cuda",
+                 float64_oracle=dtype == "float32")
 
 
 @pytest.mark.gpu
@@ -507,7 +529,8 @@ def test_cuda_internimage_t_stages(stage: tuple[int, int, int], dtype: str) -> N
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_cuda_any_batch(n: int, dtype: str) -> None:
     # Upstream's kernel needs batch % min(batch, 256) == 0; 257 and 300 break it.
-    compare_case(Case(n=n, h=14, w=14, group=4, d=16, dtype=dtype), "cuda")
+    compare_case(Case(n=n, h=14, w=14, group=4, d=16, dtype=dtype), "cuda",
+                 float64_oracle=dtype == "float32")
 
 
 @pytest.mark.gpu
@@ -581,6 +604,29 @@ def test_cuda_compile_fullgraph() -> None:
     torch.testing.assert_close(out, expected, rtol=rtol, atol=atol)
     for a, e in zip(grads, grads_expected, strict=True):
         torch.testing.assert_close(a, e, rtol=rtol, atol=atol)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_model_under_autocast(dtype: torch.dtype) -> None:
+    # CUDA autocast runs the module's softmax in float32 and its linears in half precision; the
+    # model must train through that mix and stay close to its float32 output.
+    import internimage
+
+    torch.manual_seed(0)
+    model = internimage.create_model("internimage_atto", num_classes=10).cuda()
+    images = torch.randn(4, 3, 64, 64, device="cuda")
+    with torch.no_grad():
+        full = model(images)
+    with torch.autocast("cuda", dtype=dtype):
+        logits = model(images)
+    assert logits.dtype == dtype
+    logits.float().logsumexp(-1).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for p in model.parameters() if p.requires_grad)
+    relative = (logits.float() - full).norm() / full.norm()
+    assert relative < 0.05, f"autocast logits differ from float32 by {relative:.3f} (relative)"
 
 
 def _training_losses(backend: str, device: str, steps: int, batch: int, size: int) -> list[float]:

@@ -26,8 +26,13 @@ ENV_VAR = "INTERNIMAGE_DCNV3_BACKEND"
 _forced: str | None = None
 
 
+# Looked up once at import (find_spec does not import the package): torch.compile traces
+# resolve_backend(), and some torch versions refuse to trace importlib.util.find_spec.
+_INSTALLED = {name: importlib.util.find_spec(name) is not None for name in ("triton", "numba")}
+
+
 def _has_module(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
+    return _INSTALLED[name]
 
 
 def _triton_interpreted() -> bool:

@@ -11,6 +11,29 @@ from internimage.ops.registration import dcnv3_op
 
 __all__ = ["dcnv3"]
 
+#: Dtypes that autocast lowers; float64 is left alone, as autocast itself does.
+_AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _autocast_inputs(
+    input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cast the three tensors to the autocast dtype when autocast is on for their device.
+
+    Under CUDA autocast the module's linears give half-precision input and offsets while its
+    softmax gives a float32 mask; like a convolution, the operator then runs in the autocast
+    dtype (upstream casts the mask to the input dtype for the same reason).
+    """
+    if not all(isinstance(t, torch.Tensor) for t in (input, offset, mask)):
+        return input, offset, mask  # validate_inputs names the culprit
+    device_type = input.device.type
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return input, offset, mask
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(  # type: ignore[return-value]
+        t.to(dtype) if t.dtype in _AUTOCAST_ELIGIBLE else t for t in (input, offset, mask)
+    )
+
 
 def dcnv3(
     input: torch.Tensor,
@@ -35,6 +58,9 @@ def dcnv3(
 
     where ``half = dilation*(k-1)//2`` and bilinear() reads zero outside the image. A point whose
     offset is NaN or infinite contributes zero and receives zero gradient.
+
+    Under ``torch.autocast`` the three tensors are first cast to the autocast dtype (float64
+    tensors are left as they are), so a float32 mask meets half-precision features safely.
 
     The backend is chosen by device (numba on CPU, Triton on CUDA, the reference elsewhere) unless
     forced with :func:`internimage.ops.use_backend` or ``INTERNIMAGE_DCNV3_BACKEND``.
@@ -62,6 +88,7 @@ def dcnv3(
     geometry = DCNv3Geometry(
         kernel_size, stride, pad, dilation, group, float(offset_scale), bool(remove_center)
     )
+    input, offset, mask = _autocast_inputs(input, offset, mask)
     validate_inputs(input, offset, mask, geometry)
     backend = resolve_backend(input.device)
     if backend == "reference":
