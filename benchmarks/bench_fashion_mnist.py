@@ -2,11 +2,13 @@
 
 Usage:
     python benchmarks/bench_fashion_mnist.py [--epochs 10] [--model internimage_atto] \
-        [--root /usr/share/datasets/fashion-mnist] [--set key=value ...]
+        [--root /usr/share/datasets/fashion-mnist] [--device cuda] [--tag cuda] \
+        [--set key=value ...]
 
-Writes benchmarks/results/fashion_mnist.json, fashion_mnist.md and fashion_mnist_curves.png
-(test accuracy, wall time, the resolved config, machine, library versions and date). The run
-folder with checkpoints goes to runs/bench-fashion-mnist-<date>.
+Writes fashion_mnist[_TAG].json, fashion_mnist[_TAG].md and fashion_mnist[_TAG]_curves.png under
+benchmarks/results/ (or --output-dir): test accuracy, wall time, the resolved config, machine
+(GPU included when one trains), library versions and date. The run folder with checkpoints goes
+to runs/bench-fashion-mnist-<date>.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,6 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 from bench_common import cpu_model
+from internimage.files import atomic_write_bytes, atomic_write_text
 from internimage.train import PRESETS, Trainer, apply_overrides, config_to_dict
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -48,14 +50,23 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _machine() -> dict[str, object]:
-    cpu = cpu_model()
-    return {
-        "cpu": cpu,
+def _machine(device: str) -> dict[str, object]:
+    info: dict[str, object] = {
+        "cpu": cpu_model(),
         "logical_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "system": platform.platform(),
     }
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _where(machine: dict[str, object]) -> str:
+    if "gpu" in machine:
+        return f"one {machine['gpu']} (host: {machine['logical_cores']} logical cores)"
+    return f"{machine['cpu']} ({machine['logical_cores']} logical cores)"
 
 
 def main() -> None:
@@ -67,6 +78,11 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="extra config overrides")
     parser.add_argument("--target", type=float, default=94.0, help="top-1 target (percent)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS,
+                        help="where the result files go (default benchmarks/results)")
+    parser.add_argument("--tag", default="",
+                        help="suffix of the result file names, to keep runs apart (e.g. cuda)")
     args = parser.parse_args()
 
     stamp = datetime.now(timezone.utc)
@@ -77,15 +93,18 @@ def main() -> None:
         "output_dir=runs",
         f"name=bench-fashion-mnist-{stamp:%Y%m%d-%H%M%S}",
         "log_every=100",
+        f"device={args.device}",
     ]
     if args.root is not None:
         assignments.append(f"data.root={args.root}")
     config = apply_overrides(PRESETS["fashion-mnist"], assignments + args.overrides)
     result = Trainer(config).fit()
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    plot = RESULTS / "fashion_mnist_curves.png"
-    shutil.copyfile(result.plot, plot)
+    output_dir: Path = args.output_dir
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"fashion_mnist_{args.tag}" if args.tag else "fashion_mnist"
+    plot = output_dir / f"{stem}_curves.png"
+    atomic_write_bytes(plot, Path(result.plot).read_bytes())
     top1 = float(result.final["val_top1"])
     record = {
         "benchmark": "InternImage on full Fashion-MNIST (60,000 train / 10,000 test)",
@@ -97,12 +116,12 @@ def main() -> None:
         "target_met": top1 >= args.target,
         "wall_time_s": round(result.wall_time_s, 1),
         "dcnv3_backend": os.environ.get("INTERNIMAGE_DCNV3_BACKEND", "auto"),
-        "machine": _machine(),
+        "machine": _machine(args.device),
         "versions": _versions(),
         "config": config_to_dict(config),
         "curves": plot.name,
     }
-    (RESULTS / "fashion_mnist.json").write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(output_dir / f"{stem}.json", json.dumps(record, indent=2) + "\n")
     md = [
         "# InternImage on full Fashion-MNIST",
         "",
@@ -112,16 +131,15 @@ def main() -> None:
         f"- test top-1: **{top1:.2f}%** (top-5 {record['test_top5']:.2f}%, best epoch "
         f"{result.best_top1:.2f}%); target {args.target:.1f}%: "
         f"{'met' if record['target_met'] else 'NOT met'}",
-        f"- wall time: {result.wall_time_s / 60:.1f} min on {record['machine']['cpu']} "
-        f"({record['machine']['logical_cores']} logical cores)",
+        f"- wall time: {result.wall_time_s / 60:.1f} min on {_where(record['machine'])}",
         f"- versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}",
         "",
         f"![curves]({plot.name})",
         "",
-        "Full config: fashion_mnist.json.",
+        f"Full config: {stem}.json.",
         "",
     ]
-    (RESULTS / "fashion_mnist.md").write_text("\n".join(md))
+    atomic_write_text(output_dir / f"{stem}.md", "\n".join(md))
     print(json.dumps({k: record[k] for k in ("test_top1", "wall_time_s", "target_met")}))
 
 
