@@ -145,3 +145,24 @@ def test_mlp_shapes() -> None:
     mlp = Mlp(6, 24)
     assert mlp(torch.randn(2, 3, 3, 6)).shape == (2, 3, 3, 6)
     assert mlp.fc1.out_features == 24
+
+
+def test_softmax_over_points_matches_softmax_in_inference_and_keeps_autograd() -> None:
+    from internimage.layers.dcnv3 import softmax_over_points
+
+    logits = torch.randn(2, 5, 7, 3, 9) * 4.0
+    logits[0, 0, 0, 0] = torch.tensor([1e4, -1e4, 3.0, 0.0, 1e4, 2.0, 5.0, -3.0, 1.0])
+    with torch.no_grad():
+        fast = softmax_over_points(logits)
+    torch.testing.assert_close(fast, F.softmax(logits, dim=-1), rtol=1e-6, atol=1e-7)
+    assert torch.isfinite(fast).all()
+    # Inference must not touch its input (the exp and divide run on a fresh tensor).
+    before = logits.clone()
+    softmax_over_points(logits)
+    assert torch.equal(logits, before)
+    leaf = logits.clone().requires_grad_(True)
+    out = softmax_over_points(leaf)
+    grad = torch.randn_like(out)
+    (expected_grad,) = torch.autograd.grad(F.softmax(leaf, dim=-1), leaf, grad)
+    (actual_grad,) = torch.autograd.grad(out, leaf, grad)
+    torch.testing.assert_close(actual_grad, expected_grad)

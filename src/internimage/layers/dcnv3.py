@@ -13,6 +13,24 @@ from internimage.ops.geometry import DCNv3Geometry
 __all__ = ["DCNv3"]
 
 
+
+def softmax_over_points(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension, the few sampling points of each group.
+
+    Args:
+        logits: ``[N, H, W, G, P]`` mask logits.
+
+    Returns:
+        The point weights, same shape and dtype.
+    """
+    if logits.device.type == "cpu" and not (torch.is_grad_enabled() and logits.requires_grad):
+        # PyTorch's CPU softmax vectorises along the reduced dimension, and P = 9 is too short for
+        # that: an explicit exp and normalise over the points is about 3x faster (inference only;
+        # with autograd the two cost the same, so the library softmax keeps its backward).
+        weights = (logits - logits.amax(dim=-1, keepdim=True)).exp_()
+        return weights.div_(weights.sum(dim=-1, keepdim=True))
+    return F.softmax(logits, dim=-1)
+
 class DCNv3(nn.Module):
     """Deformable convolution v3 as used in every InternImage block, NHWC in and out.
 
@@ -96,7 +114,7 @@ class DCNv3(nn.Module):
         x1 = self.dw_conv(inp.permute(0, 3, 1, 2))  # [N, H, W, C]
         offset = self.offset(x1)
         mask = self.mask(x1).reshape(n, h, w, self.group, self.points)
-        mask = F.softmax(mask, dim=-1).reshape(n, h, w, self.group * self.points)
+        mask = softmax_over_points(mask).reshape(n, h, w, self.group * self.points)
         geometry = self.geometry
         if x.is_meta:
             # Meta tensors carry shapes only (model construction, MAC counting): the sampling
