@@ -110,7 +110,8 @@ def _numba_threads(count: int) -> Iterator[None]:
 
 
 # (N, H, W, D, geometry, spread): awkward channel counts (D below, at and above the kernels'
-# 16-channel vector blocks, with and without a remainder), H != W, every kernel size, even sizes,
+# 16- and 8-channel vector blocks, with and without a remainder: 8 is one 8-block, 12 an 8-block
+# and 4 scalar channels, 24 a 16- and an 8-block, 25 both and one scalar), H != W, every kernel size, even sizes,
 # stride, dilation, padding, remove_center, offset_scale and offsets far outside the image.
 CASES = [
     (2, 7, 9, 3, DCNv3Geometry(3, group=2), 2.0),
@@ -125,6 +126,9 @@ CASES = [
     (1, 6, 8, 16, DCNv3Geometry(3, group=4), 40.0),
     (2, 5, 4, 24, DCNv3Geometry(3, stride=2, pad=0, group=1, remove_center=True), 2.0),
     (1, 6, 5, 32, DCNv3Geometry(3, group=5), 2.0),
+    (2, 5, 7, 12, DCNv3Geometry(3, group=3), 3.0),
+    (1, 7, 5, 25, DCNv3Geometry(3, stride=2, group=2, dilation=2, pad=2), 2.0),
+    (1, 4, 6, 8, DCNv3Geometry(5, pad=2, group=2, remove_center=True), 8.0),
 ]
 
 
@@ -303,9 +307,10 @@ def test_non_finite_input_and_output_gradient_values() -> None:
         _assert_close(a[both], e[both], TOLERANCE[torch.float64], name)
 
 
-def test_deterministic_across_thread_counts_and_runs() -> None:
+@pytest.mark.parametrize("channels", [16, 24])
+def test_deterministic_across_thread_counts_and_runs(channels: int) -> None:
     geometry = DCNv3Geometry(3, group=4)
-    tensors = _case(3, 12, 10, 16, geometry, torch.float32, spread=3.0)
+    tensors = _case(3, 12, 10, channels, geometry, torch.float32, spread=3.0)
     results = []
     for threads in (1, numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS):
         with _numba_threads(threads):

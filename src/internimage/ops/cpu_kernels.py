@@ -5,8 +5,9 @@ compiler and without materialising the ``[N, G, D, Ho*Wo, P]`` tensor of sampled
 output pixel sums its P points inside the kernel.
 
 Layout: every tensor is used in its channels-last memory order, the input as ``[N, H, W, G, D]``.
-The D channels of a group are contiguous; they are processed in blocks of ``LANES`` channels as
-explicit LLVM vectors (numba intrinsics), the remaining ``D % LANES`` channels by scalar loops.
+The D channels of a group are contiguous; they are processed in blocks of ``LANES`` (16) channels
+as explicit LLVM vectors (numba intrinsics), then one block of ``HALF_LANES`` (8) channels where at
+least 8 remain (D = 8 in the small variants), and the last ``D % 8`` channels by scalar loops.
 
 Sampling rules, shared with the reference:
 
@@ -89,6 +90,8 @@ _KERNEL_OPTIONS = {"parallel": True, "cache": True, "nogil": True}
 # the scalar loop would, and sums over lanes use a fixed tree.
 # ---------------------------------------------------------------------------------------------
 LANES = 16
+#: Width of the one narrower block after the full ones (the small variants have D = 8).
+HALF_LANES = 8
 # How many (pixel, group) sets of points ahead the kernels prefetch the corner lines.
 PREFETCH_GROUPS = 2
 # The backward pass is split into at least this many tasks where the groups allow.
@@ -106,11 +109,11 @@ def _data_pointer(context: Any, builder: ir.IRBuilder, array_type: Any, array: A
 
 
 def _load_block(context: Any, builder: ir.IRBuilder, array_type: Any, array: Any,
-                index: ir.Value) -> ir.Value:
-    """``array[index:index + LANES]`` as one vector (unaligned load)."""
+                index: ir.Value, lanes: int) -> ir.Value:
+    """``array[index:index + lanes]`` as one vector (unaligned load)."""
     element = context.get_value_type(array_type.dtype)
     pointer = _data_pointer(context, builder, array_type, array, index)
-    vector = ir.VectorType(element, LANES)
+    vector = ir.VectorType(element, lanes)
     return builder.load(builder.bitcast(pointer, vector.as_pointer()),
                         align=array_type.dtype.bitwidth // 8, typ=vector)
 
@@ -140,23 +143,23 @@ def _shuffle(builder: ir.IRBuilder, a: ir.Value, b: ir.Value, lanes: list[int]) 
     return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, len(lanes)), lanes))
 
 
-def _four_lane_sums(builder: ir.IRBuilder, vectors: list[ir.Value]) -> list[ir.Value]:
-    """Lane sums of four LANES-wide vectors, by halving in a fixed order.
+def _four_lane_sums(builder: ir.IRBuilder, vectors: list[ir.Value], lanes: int) -> list[ir.Value]:
+    """Lane sums of four ``lanes``-wide vectors (8 or more), by halving in a fixed order.
 
     Each level adds the low and high halves of every vector's remaining lanes; two vectors share
     one register from the first level on, so the four sums cost a handful of shuffles.
     """
     # Level 1: [v0 low + v0 high | v1 low + v1 high] and the same for v2, v3.
-    half = LANES // 2
+    half = lanes // 2
     low = list(range(half))
     pairs = []
     for a, b in ((vectors[0], vectors[1]), (vectors[2], vectors[3])):
-        lows = _shuffle(builder, a, b, low + [LANES + i for i in low])
-        highs = _shuffle(builder, a, b, [half + i for i in low] + [LANES + half + i for i in low])
+        lows = _shuffle(builder, a, b, low + [lanes + i for i in low])
+        highs = _shuffle(builder, a, b, [half + i for i in low] + [lanes + half + i for i in low])
         pairs.append(builder.fadd(lows, highs))
     # Level 2: both pairs into one vector of four groups (one per input) of half/2 lanes.
     width = half // 2
-    groups = [(0, half), (half, half), (LANES, half), (LANES + half, half)]
+    groups = [(0, half), (half, half), (lanes, half), (lanes + half, half)]
     first = [start + i for start, _ in groups for i in range(width)]
     second = [start + width + i for start, _ in groups for i in range(width)]
     combined = builder.fadd(_shuffle(builder, pairs[0], pairs[1], first),
@@ -171,47 +174,60 @@ def _four_lane_sums(builder: ir.IRBuilder, vectors: list[ir.Value]) -> list[ir.V
     return [builder.extract_element(combined, ir.Constant(_I32, i)) for i in range(4)]
 
 
-@intrinsic
-def _pixel_block(
-    typingctx: Any, out: Any, out_base: Any, inp: Any, corner: Any, block: Any, w00: Any,
-    w01: Any, w10: Any, w11: Any, selected: Any, count: Any, step_x: Any, step_y: Any,
-) -> tuple[Any, Callable[..., Any]]:
-    """``out[b:b+LANES] =`` the sum of the bilinear samples of points ``selected[:count]``.
+def _pixel_block_intrinsic(lanes: int) -> Any:
+    """The forward block intrinsic for ``lanes`` channels (see ``_pixel_block`` below)."""
 
-    Point j's corners are ``corner[j] + block`` plus ``{0, step_x[j], step_y[j], both}``, all
-    inside the input (clamped, see :func:`_clamped_coordinates`); the weights include the mask.
-    The accumulator starts from zero and stays in registers; points are added in order.
-    """
-    signature = types.void(out, out_base, inp, corner, block, w00, w01, w10, w11, selected,
-                           count, step_x, step_y)
+    @intrinsic
+    def pixel_block(
+        typingctx: Any, out: Any, out_base: Any, inp: Any, corner: Any, block: Any, w00: Any,
+        w01: Any, w10: Any, w11: Any, selected: Any, count: Any, step_x: Any, step_y: Any,
+    ) -> tuple[Any, Callable[..., Any]]:
+        """``out[b:b+lanes] =`` the sum of the bilinear samples of points ``selected[:count]``.
 
-    def codegen(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
-        (out_v, base, inp_v, corner_v, block_v, a_v, b_v, c_v, e_v, selected_v, count_v, sx_v,
-         sy_v) = args
-        vector = ir.VectorType(context.get_value_type(inp.dtype), LANES)
-        accumulator = cgutils.alloca_once_value(builder, ir.Constant(vector, None))
-        with cgutils.for_range(builder, count_v) as loop:
-            j = _load_scalar(context, builder, selected, selected_v, loop.index)
-            sx = _load_scalar(context, builder, step_x, sx_v, j)
-            top_left = builder.add(_load_scalar(context, builder, corner, corner_v, j), block_v)
-            bottom_left = builder.add(top_left,
-                                      _load_scalar(context, builder, step_y, sy_v, j))
+        Point j's corners are ``corner[j] + block`` plus ``{0, step_x[j], step_y[j], both}``,
+        all inside the input (clamped, see :func:`_clamped_coordinates`); the weights include
+        the mask. The accumulator starts from zero and stays in registers; points are added in
+        order.
+        """
+        signature = types.void(out, out_base, inp, corner, block, w00, w01, w10, w11, selected,
+                               count, step_x, step_y)
 
-            def term(weights: Any, weights_v: Any, index: ir.Value) -> ir.Value:
-                weight = _load_scalar(context, builder, weights, weights_v, j)
-                value = _load_block(context, builder, inp, inp_v, index)
-                return builder.fmul(_splat(builder, vector, weight), value)
+        def codegen(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
+            (out_v, base, inp_v, corner_v, block_v, a_v, b_v, c_v, e_v, selected_v, count_v,
+             sx_v, sy_v) = args
+            vector = ir.VectorType(context.get_value_type(inp.dtype), lanes)
+            accumulator = cgutils.alloca_once_value(builder, ir.Constant(vector, None))
+            with cgutils.for_range(builder, count_v) as loop:
+                j = _load_scalar(context, builder, selected, selected_v, loop.index)
+                sx = _load_scalar(context, builder, step_x, sx_v, j)
+                top_left = builder.add(_load_scalar(context, builder, corner, corner_v, j),
+                                       block_v)
+                bottom_left = builder.add(top_left,
+                                          _load_scalar(context, builder, step_y, sy_v, j))
 
-            upper = builder.fadd(term(w00, a_v, top_left),
-                                 term(w01, b_v, builder.add(top_left, sx)))
-            lower = builder.fadd(term(w10, c_v, bottom_left),
-                                 term(w11, e_v, builder.add(bottom_left, sx)))
-            builder.store(builder.fadd(builder.load(accumulator), builder.fadd(upper, lower)),
-                          accumulator)
-        _store_block(context, builder, out, out_v, base, builder.load(accumulator))
-        return context.get_dummy_value()
+                def term(weights: Any, weights_v: Any, index: ir.Value) -> ir.Value:
+                    weight = _load_scalar(context, builder, weights, weights_v, j)
+                    value = _load_block(context, builder, inp, inp_v, index, lanes)
+                    return builder.fmul(_splat(builder, vector, weight), value)
 
-    return signature, codegen
+                upper = builder.fadd(term(w00, a_v, top_left),
+                                     term(w01, b_v, builder.add(top_left, sx)))
+                lower = builder.fadd(term(w10, c_v, bottom_left),
+                                     term(w11, e_v, builder.add(bottom_left, sx)))
+                total = builder.fadd(builder.load(accumulator), builder.fadd(upper, lower))
+                builder.store(total, accumulator)
+            _store_block(context, builder, out, out_v, base, builder.load(accumulator))
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return pixel_block
+
+
+# ``_pixel_block[_half](out, out_base, inp, corner, block, w00, w01, w10, w11, selected, count,
+# step_x, step_y)``: one block of LANES (HALF_LANES) channels of one output pixel and group.
+_pixel_block = _pixel_block_intrinsic(LANES)
+_pixel_block_half = _pixel_block_intrinsic(HALF_LANES)
 
 
 def _prefetch_intrinsic(write: int) -> Any:
@@ -259,36 +275,48 @@ _prefetch_for_read = _prefetch_intrinsic(0)
 _prefetch_for_update = _prefetch_intrinsic(1)
 
 
-@intrinsic
-def _dots_and_scatter_block(
-    typingctx: Any, go: Any, go_base: Any, inp: Any, grad_inp: Any, i00: Any, step_x: Any,
-    step_y: Any, a00: Any, a01: Any, a10: Any, a11: Any,
-) -> tuple[Any, Callable[..., Any]]:
-    """One channel block of one point in the backward pass, with one load of ``go``.
+def _dots_and_scatter_intrinsic(lanes: int) -> Any:
+    """The backward block intrinsic for ``lanes`` channels (see ``_dots_and_scatter_block``)."""
 
-    Returns the dot products of ``go[g:g+LANES]`` with the four corner blocks of ``inp``
-    (corner c at ``i00 + {0, step_x, step_y, step_x + step_y}``, all inside the input) and adds
-    ``a_c * go[g:g+LANES]`` to corner c of ``grad_inp``. The corners are updated one after the
-    other (load, add, store), so corners that share an address (a clamped border point) still
-    add up correctly.
-    """
-    signature = types.UniTuple(go.dtype, 4)(go, go_base, inp, grad_inp, i00, step_x, step_y,
-                                            a00, a01, a10, a11)
+    @intrinsic
+    def dots_and_scatter_block(
+        typingctx: Any, go: Any, go_base: Any, inp: Any, grad_inp: Any, i00: Any, step_x: Any,
+        step_y: Any, a00: Any, a01: Any, a10: Any, a11: Any,
+    ) -> tuple[Any, Callable[..., Any]]:
+        """One channel block of one point in the backward pass, with one load of ``go``.
 
-    def codegen(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
-        go_v, g_index, inp_v, gi_v, c00, sx, sy, *weights = args
-        grad = _load_block(context, builder, go, go_v, g_index)
-        c10 = builder.add(c00, sy)
-        corners = (c00, builder.add(c00, sx), c10, builder.add(c10, sx))
-        products = [builder.fmul(grad, _load_block(context, builder, inp, inp_v, c))
-                    for c in corners]
-        for c, weight in zip(corners, weights, strict=True):
-            total = builder.fadd(_load_block(context, builder, grad_inp, gi_v, c),
-                                 builder.fmul(_splat(builder, grad.type, weight), grad))
-            _store_block(context, builder, grad_inp, gi_v, c, total)
-        return context.make_tuple(builder, sig.return_type, _four_lane_sums(builder, products))
+        Returns the dot products of ``go[g:g+lanes]`` with the four corner blocks of ``inp``
+        (corner c at ``i00 + {0, step_x, step_y, step_x + step_y}``, all inside the input) and
+        adds ``a_c * go[g:g+lanes]`` to corner c of ``grad_inp``. The corners are updated one
+        after the other (load, add, store), so corners that share an address (a clamped border
+        point) still add up correctly.
+        """
+        signature = types.UniTuple(go.dtype, 4)(go, go_base, inp, grad_inp, i00, step_x, step_y,
+                                                a00, a01, a10, a11)
 
-    return signature, codegen
+        def codegen(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
+            go_v, g_index, inp_v, gi_v, c00, sx, sy, *weights = args
+            grad = _load_block(context, builder, go, go_v, g_index, lanes)
+            c10 = builder.add(c00, sy)
+            corners = (c00, builder.add(c00, sx), c10, builder.add(c10, sx))
+            products = [builder.fmul(grad, _load_block(context, builder, inp, inp_v, c, lanes))
+                        for c in corners]
+            for c, weight in zip(corners, weights, strict=True):
+                total = builder.fadd(_load_block(context, builder, grad_inp, gi_v, c, lanes),
+                                     builder.fmul(_splat(builder, grad.type, weight), grad))
+                _store_block(context, builder, grad_inp, gi_v, c, total)
+            sums = _four_lane_sums(builder, products, lanes)
+            return context.make_tuple(builder, sig.return_type, sums)
+
+        return signature, codegen
+
+    return dots_and_scatter_block
+
+
+# ``_dots_and_scatter_block[_half](go, go_base, inp, grad_inp, i00, step_x, step_y, a00, a01,
+# a10, a11)``: one block of LANES (HALF_LANES) channels of one point in the backward pass.
+_dots_and_scatter_block = _dots_and_scatter_intrinsic(LANES)
+_dots_and_scatter_block_half = _dots_and_scatter_intrinsic(HALF_LANES)
 
 
 @njit(cache=True, nogil=True)
@@ -382,7 +410,10 @@ def _forward_kernel(
     row_points = uint64(out_w * group * points)
     length = uint64(channels)
     n_blocks = uint64(channels // LANES)
-    blocked = n_blocks * uint64(LANES)
+    # One HALF_LANES block where at least that many channels remain, then scalar channels.
+    half_block = n_blocks * uint64(LANES)
+    has_half = uint64(channels) - half_block >= uint64(HALF_LANES)
+    blocked = half_block + uint64(HALF_LANES) if has_half else half_block
     points_u = uint64(points)
     for task in prange(batch * out_h):
         # One output row (n, ho) per task: first the coordinates of all its points, then the
@@ -426,6 +457,9 @@ def _forward_kernel(
                     d = block * uint64(LANES)
                     _pixel_block(out, out_base + d, inp, corner, d, w00, w01, w10, w11,
                                  selected, count, dxs, dys)
+                if has_half:
+                    _pixel_block_half(out, out_base + half_block, inp, corner, half_block, w00,
+                                      w01, w10, w11, selected, count, dxs, dys)
                 for d in range(blocked, length):
                     total = zero
                     for k in range(count):
@@ -470,7 +504,9 @@ def _backward_kernel(
     c_total = group * channels
     length = uint64(channels)
     n_blocks = uint64(channels // LANES)
-    blocked = n_blocks * uint64(LANES)
+    half_block = n_blocks * uint64(LANES)
+    has_half = uint64(channels) - half_block >= uint64(HALF_LANES)
+    blocked = half_block + uint64(HALF_LANES) if has_half else half_block
     points_u = uint64(points)
     chunk = (group + group_chunks - 1) // group_chunks
     for task in prange(batch * group_chunks):
@@ -544,6 +580,15 @@ def _backward_kernel(
                             p00, p01, p10, p11 = _dots_and_scatter_block(
                                 grad_out, go_base + d, inp, grad_inp, i00 + d, sx, sy, a00, a01,
                                 a10, a11,
+                            )
+                            s00 += p00
+                            s01 += p01
+                            s10 += p10
+                            s11 += p11
+                        if has_half:
+                            p00, p01, p10, p11 = _dots_and_scatter_block_half(
+                                grad_out, go_base + half_block, inp, grad_inp, i00 + half_block,
+                                sx, sy, a00, a01, a10, a11,
                             )
                             s00 += p00
                             s01 += p01
