@@ -147,7 +147,7 @@ def test_mlp_shapes() -> None:
     assert mlp.fc1.out_features == 24
 
 
-def test_softmax_over_points_matches_softmax_in_inference_and_keeps_autograd() -> None:
+def test_softmax_over_points_matches_softmax_with_exact_gradients() -> None:
     from internimage.layers.dcnv3 import softmax_over_points
 
     logits = torch.randn(2, 5, 7, 3, 9) * 4.0
@@ -156,7 +156,7 @@ def test_softmax_over_points_matches_softmax_in_inference_and_keeps_autograd() -
         fast = softmax_over_points(logits)
     torch.testing.assert_close(fast, F.softmax(logits, dim=-1), rtol=1e-6, atol=1e-7)
     assert torch.isfinite(fast).all()
-    # Inference must not touch its input (the exp and divide run on a fresh tensor).
+    # The exp and divide run on a fresh tensor, never on the caller's logits.
     before = logits.clone()
     softmax_over_points(logits)
     assert torch.equal(logits, before)
@@ -166,3 +166,15 @@ def test_softmax_over_points_matches_softmax_in_inference_and_keeps_autograd() -
     (expected_grad,) = torch.autograd.grad(F.softmax(leaf, dim=-1), leaf, grad)
     (actual_grad,) = torch.autograd.grad(out, leaf, grad)
     torch.testing.assert_close(actual_grad, expected_grad)
+    # First and second derivatives in float64.
+    small = torch.randn(2, 3, 2, 9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(softmax_over_points, (small,))
+    assert torch.autograd.gradgradcheck(softmax_over_points, (small,))
+
+
+def test_softmax_over_points_half_precision_uses_library_softmax() -> None:
+    from internimage.layers.dcnv3 import softmax_over_points
+
+    logits = torch.randn(2, 4, 4, 2, 9).bfloat16()
+    torch.testing.assert_close(softmax_over_points(logits), F.softmax(logits, dim=-1),
+                               rtol=0, atol=0)

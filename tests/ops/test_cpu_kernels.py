@@ -111,8 +111,9 @@ def _numba_threads(count: int) -> Iterator[None]:
 
 # (N, H, W, D, geometry, spread): awkward channel counts (D below, at and above the kernels'
 # 16- and 8-channel vector blocks, with and without a remainder: 8 is one 8-block, 12 an 8-block
-# and 4 scalar channels, 24 a 16- and an 8-block, 25 both and one scalar), H != W, every kernel size, even sizes,
-# stride, dilation, padding, remove_center, offset_scale and offsets far outside the image.
+# and 4 scalar channels, 24 a 16- and an 8-block, 25 both and one scalar), H != W, every kernel
+# size, even sizes, stride, dilation, padding, remove_center, offset_scale and offsets far outside
+# the image.
 CASES = [
     (2, 7, 9, 3, DCNv3Geometry(3, group=2), 2.0),
     (1, 5, 6, 1, DCNv3Geometry(1, pad=0, group=1), 1.5),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,6 +16,23 @@ __all__ = ["DCNv3"]
 
 
 
+class _PointSoftmax(torch.autograd.Function):
+    """Softmax over a short last dimension with explicit CPU passes (see softmax_over_points)."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor) -> torch.Tensor:
+        weights = (logits - logits.amax(dim=-1, keepdim=True)).exp_()
+        weights = weights.div_(weights.sum(dim=-1, keepdim=True))
+        ctx.save_for_backward(weights)
+        return weights
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (weights,) = ctx.saved_tensors
+        # d softmax(x) / dx applied to grad: y * (grad - sum(grad * y)), in differentiable ops.
+        return weights * (grad - (grad * weights).sum(dim=-1, keepdim=True))
+
+
 def softmax_over_points(logits: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dimension, the few sampling points of each group.
 
@@ -23,12 +42,11 @@ def softmax_over_points(logits: torch.Tensor) -> torch.Tensor:
     Returns:
         The point weights, same shape and dtype.
     """
-    if logits.device.type == "cpu" and not (torch.is_grad_enabled() and logits.requires_grad):
-        # PyTorch's CPU softmax vectorises along the reduced dimension, and P = 9 is too short for
-        # that: an explicit exp and normalise over the points is about 3x faster (inference only;
-        # with autograd the two cost the same, so the library softmax keeps its backward).
-        weights = (logits - logits.amax(dim=-1, keepdim=True)).exp_()
-        return weights.div_(weights.sum(dim=-1, keepdim=True))
+    if logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.float64):
+        # PyTorch's CPU softmax and its backward vectorise along the reduced dimension, and
+        # P = 9 is too short for that: explicit passes over whole tensors are about 3x faster
+        # forward and faster backward too.
+        return _PointSoftmax.apply(logits)
     return F.softmax(logits, dim=-1)
 
 class DCNv3(nn.Module):
