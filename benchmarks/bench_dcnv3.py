@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/bench_dcnv3.py                 # CPU: reference vs numba, all four stages
+    python benchmarks/bench_dcnv3.py --shapes atto   # the same for InternImage-atto (D = 8)
     python benchmarks/bench_dcnv3.py --quick         # fewer repeats, for a smoke run
     python benchmarks/bench_dcnv3.py --device cuda   # GPU section (benchmarks/dcnv3_gpu.py)
 
@@ -22,7 +23,8 @@ CPU method:
 * Roofline (forward only): ideal bytes and FLOPs from PERFORMANCE.md, with the copy bandwidth and
   the fp32 matmul rate measured in the same run.
 
-Results go to ``benchmarks/results/dcnv3_cpu.json`` and ``dcnv3_cpu.md``.
+Results go to ``benchmarks/results/dcnv3_cpu.json`` and ``dcnv3_cpu.md`` (``dcnv3_cpu_atto.*``
+for ``--shapes atto``).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ MODES = ("forward", "forward_backward", "forward_cpu_1thread", "forward_backward
 
 @dataclass(frozen=True)
 class StageShape:
-    """One InternImage-T stage at 224 px: the operator's input is [batch, size, size, channels]."""
+    """One InternImage stage at 224 px: the operator's input is [batch, size, size, channels]."""
 
     name: str
     size: int
@@ -81,6 +83,14 @@ STAGES = (
     StageShape("stage3", 14, 256, 16),
     StageShape("stage4", 7, 512, 32),
 )
+#: InternImage-atto at 224 px: 8 channels per group, as in every small variant.
+ATTO_STAGES = (
+    StageShape("stage1", 56, 16, 2),
+    StageShape("stage2", 28, 32, 4),
+    StageShape("stage3", 14, 64, 8),
+    StageShape("stage4", 7, 128, 16),
+)
+SHAPE_SETS = {"t": STAGES, "atto": ATTO_STAGES}
 
 # Targets of the numba backend against the reference, measured in the same run.
 STAGE1_FORWARD_SPEEDUP = 20.0
@@ -153,7 +163,8 @@ def roofline_ms(stage: StageShape, machine: dict[str, float], element_size: int 
     return 1e3 * seconds
 
 
-def timing_child(backend: str, stage_index: int, repeats: int, single_thread: bool) -> None:
+def timing_child(backend: str, shapes: str, stage_index: int, repeats: int,
+                 single_thread: bool) -> None:
     """Runs in a subprocess: per-call times (seconds) of forward and forward + backward, as JSON.
 
     Default: wall time with all threads. ``single_thread``: torch and numba limited to one
@@ -167,7 +178,7 @@ def timing_child(backend: str, stage_index: int, repeats: int, single_thread: bo
         numba.set_num_threads(1)
     clock = time.thread_time if single_thread else time.perf_counter
     suffix = "_cpu_1thread" if single_thread else ""
-    stage = STAGES[stage_index]
+    stage = SHAPE_SETS[shapes][stage_index]
     tensors = make_inputs(stage)
     input, offset, mask, _ = tensors
     samples: dict[str, list[float]] = {}
@@ -186,7 +197,8 @@ def timing_child(backend: str, stage_index: int, repeats: int, single_thread: bo
     print(json.dumps(samples))
 
 
-def measure_times(stage_index: int, repeats: int, rounds: int = 3) -> dict[str, dict[str, float]]:
+def measure_times(shapes: str, stage_index: int, repeats: int,
+                  rounds: int = 3) -> dict[str, dict[str, float]]:
     """Per backend and mode: median wall milliseconds, and minimum single-thread CPU milliseconds.
 
     Every backend runs in fresh processes of its own, so that the other backend's thread pool
@@ -199,8 +211,8 @@ def measure_times(stage_index: int, repeats: int, rounds: int = 3) -> dict[str, 
     for _ in range(rounds):
         for single_thread in (False, True):
             for backend in BACKENDS:
-                command = [sys.executable, __file__, "--timing-child", backend, str(stage_index),
-                           str(per_round)]
+                command = [sys.executable, __file__, "--shapes", shapes, "--timing-child",
+                           backend, str(stage_index), str(per_round)]
                 if single_thread:
                     command.append("--single-thread")
                 result = subprocess.run(command, check=True, capture_output=True, text=True)
@@ -221,9 +233,9 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def memory_child(backend: str, stage_index: int) -> None:
+def memory_child(backend: str, shapes: str, stage_index: int) -> None:
     """Runs in a subprocess: peak extra RSS of one forward + backward, printed as JSON."""
-    stage = STAGES[stage_index]
+    stage = SHAPE_SETS[shapes][stage_index]
     tiny = StageShape("tiny", 6, stage.group * 2, stage.group, batch=1)
     forward_and_backward(backend, tiny, make_inputs(tiny))
     tensors = make_inputs(stage)
@@ -234,9 +246,10 @@ def memory_child(backend: str, stage_index: int) -> None:
     print(json.dumps({"peak_extra_mib": (peak - before) / 1024}))
 
 
-def measure_memory(backend: str, stage_index: int) -> float:
+def measure_memory(backend: str, shapes: str, stage_index: int) -> float:
     result = subprocess.run(
-        [sys.executable, __file__, "--memory-child", backend, str(stage_index)],
+        [sys.executable, __file__, "--shapes", shapes, "--memory-child", backend,
+         str(stage_index)],
         check=True, capture_output=True, text=True,
     )
     return float(json.loads(result.stdout.strip().splitlines()[-1])["peak_extra_mib"])
@@ -274,10 +287,10 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     machine = measure_machine(args.quick)
     stages = []
-    for index, stage in enumerate(STAGES):
-        times = measure_times(index, args.repeats)
+    for index, stage in enumerate(SHAPE_SETS[args.shapes]):
+        times = measure_times(args.shapes, index, args.repeats)
         forward, train = times["forward"], times["forward_backward"]
-        memory = {b: measure_memory(b, index) for b in BACKENDS}
+        memory = {b: measure_memory(b, args.shapes, index) for b in BACKENDS}
         roof = roofline_ms(stage, machine)
         entry = {
             "stage": asdict(stage),
@@ -299,25 +312,27 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
                 for mode in ("forward", "forward_backward")
             },
         }
-        entry["checks"] = stage_checks(index, entry)
+        entry["checks"] = stage_checks(index, entry, stage1_targets=args.shapes == "t")
         stages.append(entry)
         print(f"{stage.name}: forward x{entry['speedup_forward']:.1f}, forward+backward "
               f"x{entry['speedup_forward_backward']:.1f}, memory "
               f"{entry['memory_fraction']:.2f} of the reference", flush=True)
     env = environment()
     return {"environment": env, "machine": machine, "repeats": args.repeats,
-            "quick": args.quick, "stages": stages,
+            "quick": args.quick, "shapes": args.shapes, "stages": stages,
             "all_pass": all(all(c["pass"] for c in s["checks"]) for s in stages)}
 
 
-def stage_checks(index: int, entry: dict[str, Any]) -> list[dict[str, Any]]:
+def stage_checks(index: int, entry: dict[str, Any], *,
+                 stage1_targets: bool = True) -> list[dict[str, Any]]:
+    """The targets one stage's results are held to (stage 1 of InternImage-T has its own)."""
     checks = []
 
     def check(what: str, value: float, target: float, higher_is_better: bool = True) -> None:
         ok = value >= target if higher_is_better else value <= target
         checks.append({"target": what, "value": value, "limit": target, "pass": ok})
 
-    if index == 0:
+    if index == 0 and stage1_targets:
         check("forward speedup >= 20x", entry["speedup_forward"], STAGE1_FORWARD_SPEEDUP)
         check("forward+backward speedup >= 10x", entry["speedup_forward_backward"],
               STAGE1_TRAIN_SPEEDUP)
@@ -332,7 +347,8 @@ def stage_checks(index: int, entry: dict[str, Any]) -> list[dict[str, Any]]:
 def markdown(results: dict[str, Any]) -> str:
     env, machine = results["environment"], results["machine"]
     lines = [
-        "# DCNv3 operator on CPU: numba kernels vs the PyTorch reference",
+        "# DCNv3 operator on CPU: numba kernels vs the PyTorch reference"
+        + (f" ({results['shapes']} shapes)" if results.get("shapes", "t") != "t" else ""),
         "",
         f"- Date (UTC): {env['date_utc']}",
         f"- CPU: {env['cpu']}, {env['cpu_cores']} cores; torch threads {env['torch_threads']}, "
@@ -343,7 +359,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"- Measured copy bandwidth {machine['copy_bandwidth_gb_s']:.1f} GB/s "
         f"({machine['copy_mib']:.0f} MiB copy), fp32 matmul "
         f"{machine['matmul_fp32_gflop_s']:.0f} GFLOP/s ({machine['matmul_size']}^3)",
-        f"- float32, batch 8, k=3, stride 1, pad 1, D=16, P=9; median of {results['repeats']} "
+        f"- float32, batch 8, k=3, stride 1, pad 1, "
+        f"D={results['stages'][0]['stage']['channels'] // results['stages'][0]['stage']['group']}, "
+        f"P=9; median of {results['repeats']} "
         "calls after warm-up, each backend in its own processes (3 per backend, taking turns). "
         "Peak memory: extra resident memory of one forward+backward in a fresh process "
         "(VmHWM after minus VmRSS before).",
@@ -402,6 +420,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller "
                         "machine probes, for a smoke run")
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--shapes", choices=tuple(SHAPE_SETS), default="t",
+                        help="stage shapes of InternImage-T (D = 16) or -atto (D = 8); CPU only")
     parser.add_argument("--memory-child", nargs=2, metavar=("BACKEND", "STAGE"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--timing-child", nargs=3, metavar=("BACKEND", "STAGE", "REPEATS"),
@@ -418,10 +438,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.memory_child:
-        memory_child(args.memory_child[0], int(args.memory_child[1]))
+        memory_child(args.memory_child[0], args.shapes, int(args.memory_child[1]))
         return 0
     if args.timing_child:
-        timing_child(args.timing_child[0], int(args.timing_child[1]),
+        timing_child(args.timing_child[0], args.shapes, int(args.timing_child[1]),
                      int(args.timing_child[2]), args.single_thread)
         return 0
     if args.device == "cuda":
@@ -432,8 +452,9 @@ def main(argv: list[str] | None = None) -> int:
         gpu_argv = ["--repeats", str(args.repeats), "--output-dir", str(args.output_dir)]
         return gpu_main(gpu_argv + (["--quick"] if args.quick else []))
     results = run_cpu(args)
-    atomic_write_text(args.output_dir / "dcnv3_cpu.json", json.dumps(results, indent=2) + "\n")
-    atomic_write_text(args.output_dir / "dcnv3_cpu.md", markdown(results))
+    stem = "dcnv3_cpu" if args.shapes == "t" else f"dcnv3_cpu_{args.shapes}"
+    atomic_write_text(args.output_dir / f"{stem}.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(args.output_dir / f"{stem}.md", markdown(results))
     print(f"overall: {'PASS' if results['all_pass'] else 'FAIL'}")
     return 0
 
