@@ -320,6 +320,21 @@ _dots_and_scatter_block_half = _dots_and_scatter_intrinsic(HALF_LANES)
 
 
 @njit(cache=True, nogil=True)
+def _channel_blocks(channels: int) -> tuple[Any, Any, bool, Any]:
+    """How a group's ``channels`` split into vector blocks, shared by both kernels.
+
+    Returns ``(n_blocks, half_block, has_half, blocked)``: ``n_blocks`` LANES-wide blocks, then
+    one HALF_LANES block at channel ``half_block`` when ``has_half`` (at least that many channels
+    remain), and scalar channels from ``blocked`` on.
+    """
+    n_blocks = uint64(channels // LANES)
+    half_block = n_blocks * uint64(LANES)
+    has_half = uint64(channels) - half_block >= uint64(HALF_LANES)
+    blocked = half_block + uint64(HALF_LANES) if has_half else half_block
+    return n_blocks, half_block, has_half, blocked
+
+
+@njit(cache=True, nogil=True)
 def _clamped_coordinates(
     off: np.ndarray, msk: np.ndarray, point_base: np.uint64, table_base: np.uint64,
     local_base: np.uint64, count: int, tab_x: np.ndarray, tab_base_x: np.ndarray,
@@ -409,11 +424,7 @@ def _forward_kernel(
     c_total = group * channels
     row_points = uint64(out_w * group * points)
     length = uint64(channels)
-    n_blocks = uint64(channels // LANES)
-    # One HALF_LANES block where at least that many channels remain, then scalar channels.
-    half_block = n_blocks * uint64(LANES)
-    has_half = uint64(channels) - half_block >= uint64(HALF_LANES)
-    blocked = half_block + uint64(HALF_LANES) if has_half else half_block
+    n_blocks, half_block, has_half, blocked = _channel_blocks(channels)
     points_u = uint64(points)
     for task in prange(batch * out_h):
         # One output row (n, ho) per task: first the coordinates of all its points, then the
@@ -503,10 +514,7 @@ def _backward_kernel(
     """
     c_total = group * channels
     length = uint64(channels)
-    n_blocks = uint64(channels // LANES)
-    half_block = n_blocks * uint64(LANES)
-    has_half = uint64(channels) - half_block >= uint64(HALF_LANES)
-    blocked = half_block + uint64(HALF_LANES) if has_half else half_block
+    n_blocks, half_block, has_half, blocked = _channel_blocks(channels)
     points_u = uint64(points)
     chunk = (group + group_chunks - 1) // group_chunks
     for task in prange(batch * group_chunks):
