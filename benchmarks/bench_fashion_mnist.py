@@ -26,7 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
-from bench_common import cpu_model
+from bench_common import machine_info
 from internimage.files import atomic_write_bytes, atomic_write_text
 from internimage.train import PRESETS, Trainer, apply_overrides, config_to_dict
 
@@ -50,23 +50,17 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _machine(device: str) -> dict[str, object]:
-    info: dict[str, object] = {
-        "cpu": cpu_model(),
-        "logical_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "system": platform.platform(),
-    }
-    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
-        info["gpu"] = torch.cuda.get_device_name()
-        info["cuda"] = torch.version.cuda
-    return info
+def _device(name: str) -> torch.device:
+    """The device the trainer uses for ``name`` (``auto``: CUDA when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def _where(machine: dict[str, object]) -> str:
     if "gpu" in machine:
-        return f"one {machine['gpu']} (host: {machine['logical_cores']} logical cores)"
-    return f"{machine['cpu']} ({machine['logical_cores']} logical cores)"
+        return f"one {machine['gpu']} (host: {machine['cpu_count']} logical cores)"
+    return f"{machine['cpu']} ({machine['cpu_count']} logical cores)"
 
 
 def main() -> None:
@@ -116,7 +110,7 @@ def main() -> None:
         "target_met": top1 >= args.target,
         "wall_time_s": round(result.wall_time_s, 1),
         "dcnv3_backend": os.environ.get("INTERNIMAGE_DCNV3_BACKEND", "auto"),
-        "machine": _machine(args.device),
+        "machine": machine_info(_device(args.device)),
         "versions": _versions(),
         "config": config_to_dict(config),
         "curves": plot.name,

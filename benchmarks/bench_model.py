@@ -25,7 +25,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -40,7 +39,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 import internimage
-from bench_common import cpu_model
+from bench_common import machine_info
 from internimage.files import atomic_write_text
 from internimage.models import count_macs, create_model
 from internimage.ops import available_backends, use_backend
@@ -79,22 +78,6 @@ def matmul_rate(
     inner = 1 if device.type == "cpu" else 20
     times = _median_time(lambda: [a @ b for _ in range(inner)], device, 1, repeats)
     return 2 * size**3 * inner / statistics.median(times)
-
-
-def _machine(device: torch.device) -> dict[str, Any]:
-    cpu = cpu_model()
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    if hasattr(os, "getloadavg"):
-        # Other work on the machine slows both backends; the ratio is the robust figure.
-        info["load_average_1m_at_start"] = os.getloadavg()[0]
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def _versions() -> dict[str, str]:
@@ -232,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"backends not available here: {missing}", file=sys.stderr)
         return 2
 
-    machine = _machine(device)
+    machine = machine_info(device)
     torch.manual_seed(0)
     model = create_model(args.model).to(device)
     images = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
