@@ -4,6 +4,11 @@ Usage:
     python benchmarks/bench_fashion_mnist.py [--epochs 10] [--model internimage_atto] \
         [--root /usr/share/datasets/fashion-mnist] [--device cuda] [--tag cuda] \
         [--set key=value ...]
+    python benchmarks/bench_fashion_mnist.py --resume runs/bench-fashion-mnist-<date> [--tag ...]
+
+A run stopped before its end (a machine that gives a job limited time, say) continues from its
+last checkpoint with ``--resume``; the reported time is that of the whole run, every call
+together. Set ``checkpoint_every`` (steps) to lose less work when a call is cut off.
 
 Writes fashion_mnist[_TAG].json, fashion_mnist[_TAG].md and fashion_mnist[_TAG]_curves.png under
 benchmarks/results/ (or --output-dir): test accuracy, wall time, the resolved config, machine
@@ -17,6 +22,8 @@ import argparse
 import json
 import os
 import platform
+import shlex
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -77,22 +84,32 @@ def main() -> None:
                         help="where the result files go (default benchmarks/results)")
     parser.add_argument("--tag", default="",
                         help="suffix of the result file names, to keep runs apart (e.g. cuda)")
+    parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                        help="continue a stopped run (its stored settings are kept)")
     args = parser.parse_args()
+    if args.resume is not None and args.overrides:
+        parser.error("--resume continues the run with its stored settings; drop --set")
 
     stamp = datetime.now(timezone.utc)
-    assignments = [
-        "data.dataset=fashion-mnist",
-        f"model.name={args.model}",
-        f"schedule.epochs={args.epochs}",
-        "output_dir=runs",
-        f"name=bench-fashion-mnist-{stamp:%Y%m%d-%H%M%S}",
-        "log_every=100",
-        f"device={args.device}",
-    ]
-    if args.root is not None:
-        assignments.append(f"data.root={args.root}")
-    config = apply_overrides(PRESETS["fashion-mnist"], assignments + args.overrides)
-    result = Trainer(config).fit()
+    command = shlex.join(["python", "benchmarks/bench_fashion_mnist.py", *sys.argv[1:]])
+    if args.resume is not None:
+        trainer = Trainer(resume=args.resume)
+        config = trainer.config
+    else:
+        assignments = [
+            "data.dataset=fashion-mnist",
+            f"model.name={args.model}",
+            f"schedule.epochs={args.epochs}",
+            "output_dir=runs",
+            f"name=bench-fashion-mnist-{stamp:%Y%m%d-%H%M%S}",
+            "log_every=100",
+            f"device={args.device}",
+        ]
+        if args.root is not None:
+            assignments.append(f"data.root={args.root}")
+        config = apply_overrides(PRESETS["fashion-mnist"], assignments + args.overrides)
+        trainer = Trainer(config)
+    result = trainer.fit()
 
     output_dir: Path = args.output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -108,12 +125,13 @@ def main() -> None:
         "best_top1": result.best_top1,
         "target_top1": args.target,
         "target_met": top1 >= args.target,
-        "wall_time_s": round(result.wall_time_s, 1),
+        "wall_time_s": round(result.total_time_s, 1),
         "dcnv3_backend": os.environ.get("INTERNIMAGE_DCNV3_BACKEND", "auto"),
-        "machine": machine_info(_device(args.device)),
+        "machine": machine_info(_device(config.device)),
         "versions": _versions(),
         "config": config_to_dict(config),
         "curves": plot.name,
+        "command": command,
     }
     atomic_write_text(output_dir / f"{stem}.json", json.dumps(record, indent=2) + "\n")
     md = [
@@ -125,12 +143,14 @@ def main() -> None:
         f"- test top-1: **{top1:.2f}%** (top-5 {record['test_top5']:.2f}%, best epoch "
         f"{result.best_top1:.2f}%); target {args.target:.1f}%: "
         f"{'met' if record['target_met'] else 'NOT met'}",
-        f"- wall time: {result.wall_time_s / 60:.1f} min on {_where(record['machine'])}",
+        f"- wall time: {result.total_time_s / 60:.1f} min on {_where(record['machine'])}",
         f"- versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}",
         "",
         f"![curves]({plot.name})",
         "",
-        f"Full config: {stem}.json.",
+        f"Full config: {stem}.json. Command{' (last call)' if args.resume else ''}:",
+        "",
+        f"    {command}",
         "",
     ]
     atomic_write_text(output_dir / f"{stem}.md", "\n".join(md))

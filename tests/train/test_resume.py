@@ -61,6 +61,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
     )
     assert resumed_run.returncode == 0, resumed_run.stdout + resumed_run.stderr
     assert "resuming at epoch" in resumed_run.stdout
+    assert "with the earlier calls" in resumed_run.stdout
 
     expected = load_training_checkpoint(reference.last_checkpoint)
     got = load_training_checkpoint(checkpoint)
@@ -73,6 +74,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
         assert torch.equal(got["ema"]["module"][name], value), f"ema.{name} differs"
     for key in ("val_top1", "val_loss"):
         assert got["metrics"][key] == expected["metrics"][key]
+    # The run time adds up over the killed call and the resumed one.
+    assert 0 < interrupted["train_time_s"] < got["train_time_s"]
     # The step log has each step exactly once, the replayed steps overwritten.
     lines = (tmp_path / "killed" / "train_steps.csv").read_text().splitlines()
     steps = [int(line.split(",")[0]) for line in lines[1:]]

@@ -147,7 +147,9 @@ def run(args: argparse.Namespace) -> int:
         final = result.final
         lines = [
             "",
-            f"finished in {result.wall_time_s / 60:.1f} min",
+            f"finished in {result.wall_time_s / 60:.1f} min"
+            + (f" ({result.total_time_s / 60:.1f} min with the earlier calls)"
+               if result.total_time_s > result.wall_time_s else ""),
             f"  test top-1 accuracy: {final.get('val_top1', float('nan')):.2f}% "
             f"(top-5 {final.get('val_top5', float('nan')):.2f}%, best top-1 "
             f"{result.best_top1:.2f}%)",

@@ -143,7 +143,11 @@ class RunResult:
     plot: Path
     final: dict[str, float]
     best_top1: float
+    #: Seconds this call of :meth:`Trainer.fit` took.
     wall_time_s: float
+    #: Seconds of the whole run: ``wall_time_s`` plus, for a resumed run, the time of the earlier
+    #: calls up to the checkpoint it resumed from (work after that checkpoint was redone here).
+    total_time_s: float
 
 
 def _echo_stdout(message: str) -> None:
@@ -317,6 +321,8 @@ class Trainer:
             "step_in_epoch": step_in_epoch,
             "global_step": self.global_step,
             "best_top1": self.best_top1,
+            # Run time up to this checkpoint, over every call that worked on the run.
+            "train_time_s": self._earlier_time_s + time.perf_counter() - self._started,
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float | str)},
             "config": config_to_dict(self.config),
             "model_name": self.config.model.name,
@@ -335,6 +341,8 @@ class Trainer:
         """Train (or continue) to the configured number of epochs; returns the outputs."""
         cfg = self.config
         started = time.perf_counter()
+        self._started = started
+        self._earlier_time_s = 0.0
         self.ctx: DistributedContext = init_distributed(cfg.device)
         device = self.ctx.device
         # Same seed everywhere for the weights; DDP/FSDP also broadcast rank 0's.
@@ -392,6 +400,8 @@ class Trainer:
             self.global_step = int(state["global_step"])
             self.best_top1 = float(state["best_top1"])
             start_epoch, start_step = int(state["epoch"]), int(state["step_in_epoch"])
+            # Checkpoints from before the run time was recorded count as zero.
+            self._earlier_time_s = float(state.get("train_time_s", 0.0))
 
         run_dir = self._choose_run_dir()
         self.run_dir = run_dir
@@ -506,6 +516,7 @@ class Trainer:
             final=metrics,
             best_top1=self.best_top1,
             wall_time_s=wall,
+            total_time_s=self._earlier_time_s + wall,
         )
 
     def _train_step(
