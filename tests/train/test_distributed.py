@@ -105,24 +105,40 @@ def _losses(run_dir: Path) -> list[float]:
 SGD_LIKE = ["optim.eps=1.0", "optim.lr=10", "optim.weight_decay=0"]
 
 
-def test_two_process_ddp_equals_one_process(tmp_path: Path) -> None:
-    settings = TINY_SETTINGS + NO_AUGMENTATION + SGD_LIKE + ["ema_decay=none"]
-    single = Trainer(
+# Both parallel runs are compared with one process training the same global batch of 16.
+PARALLEL_SETTINGS = TINY_SETTINGS + NO_AUGMENTATION + SGD_LIKE + ["ema_decay=none"]
+
+
+def _single_process_run(tmp_path: Path) -> Path:
+    """Train PARALLEL_SETTINGS in this process; returns the run folder."""
+    result = Trainer(
         apply_overrides(PRESETS["fashion-mnist"],
-                        settings + [f"output_dir={tmp_path}", "name=single"])
+                        PARALLEL_SETTINGS + [f"output_dir={tmp_path}", "name=single"])
     ).fit()
+    return result.run_dir
+
+
+def _two_process_run(tmp_path: Path, name: str, extra: list[str], timeout: int) -> str:
+    """Train PARALLEL_SETTINGS (+ ``extra``) with torchrun, 2 processes of 8 images each, into
+    ``tmp_path / name``; returns the output."""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
         f"--master_port={free_port()}", "-m", "internimage.cli.main", "train",
-        *set_args(settings), "--batch-size", "8", "--output-dir", str(tmp_path),
-        "--name", "ddp",
+        *set_args(PARALLEL_SETTINGS + extra), "--batch-size", "8",
+        "--output-dir", str(tmp_path), "--name", name,
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "2 process(es)" in result.stdout
+    return result.stdout
 
-    single_losses, ddp_losses = _losses(single.run_dir), _losses(tmp_path / "ddp")
+
+def test_two_process_ddp_equals_one_process(tmp_path: Path) -> None:
+    single_dir = _single_process_run(tmp_path)
+    output = _two_process_run(tmp_path, "ddp", [], timeout=400)
+    assert "2 process(es)" in output
+
+    single_losses, ddp_losses = _losses(single_dir), _losses(tmp_path / "ddp")
     assert len(single_losses) == len(ddp_losses) == 8
     assert single_losses[0] - min(single_losses) > 0.05  # the run does learn
     # The runs differ only in summation order (gradients all-reduced across processes,
@@ -132,7 +148,7 @@ def test_two_process_ddp_equals_one_process(tmp_path: Path) -> None:
     torch.testing.assert_close(
         torch.tensor(ddp_losses), torch.tensor(single_losses), rtol=1e-4, atol=1e-5
     )
-    expected = load_training_checkpoint(single.last_checkpoint)["model"]
+    expected = load_training_checkpoint(single_dir / "last.pt")["model"]
     got = load_training_checkpoint(tmp_path / "ddp" / "last.pt")["model"]
     assert got.keys() == expected.keys()
     for name, value in expected.items():
@@ -146,25 +162,14 @@ def test_two_process_ddp_equals_one_process(tmp_path: Path) -> None:
 def test_two_process_fsdp_equals_one_process(tmp_path: Path) -> None:
     """FSDP (fully_shard per block, gloo on CPU) trains, checkpoints full weights, and follows the
     single-process losses like DDP does."""
-    settings = TINY_SETTINGS + NO_AUGMENTATION + SGD_LIKE + ["ema_decay=none"]
-    single = Trainer(
-        apply_overrides(PRESETS["fashion-mnist"],
-                        settings + [f"output_dir={tmp_path}", "name=single"])
-    ).fit()
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-        f"--master_port={free_port()}", "-m", "internimage.cli.main", "train",
-        *set_args(settings + ["strategy=fsdp"]), "--batch-size", "8",
-        "--output-dir", str(tmp_path), "--name", "fsdp",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    single_dir = _single_process_run(tmp_path)
+    _two_process_run(tmp_path, "fsdp", ["strategy=fsdp"], timeout=600)
     state = load_training_checkpoint(tmp_path / "fsdp" / "last.pt")
     assert state["global_step"] == 8
-    expected = load_training_checkpoint(single.last_checkpoint)["model"]
+    expected = load_training_checkpoint(single_dir / "last.pt")["model"]
     assert state["model"].keys() == expected.keys()
     # Same justification as for DDP above.
     torch.testing.assert_close(
-        torch.tensor(_losses(tmp_path / "fsdp")), torch.tensor(_losses(single.run_dir)),
+        torch.tensor(_losses(tmp_path / "fsdp")), torch.tensor(_losses(single_dir)),
         rtol=1e-4, atol=1e-5,
     )
