@@ -38,9 +38,11 @@ Sampling rules, shared with the reference:
 Work split and memory:
 
 * Forward: parallel over output rows ``(n, ho)``. A branch-free, vectorised pass computes the
-  clamped corners and mask-folded weights of the row's points into small per-row buffers; then
-  each (pixel, group) sums its used points in a register accumulator. Extra memory: a few tens
-  of kilobytes per row task.
+  clamped corners and mask-folded weights of the row's points into small per-row buffers, one
+  record per point (its four weights in one buffer, its corner index, steps and validity bits
+  in another, so that the block loop needs few pointers and spills no registers); then each
+  (pixel, group) sums its used points in a register accumulator. Extra memory: a few tens of
+  kilobytes per row task.
 * Backward: one pass, parallel over (image, chunk of groups). Each task owns its slice of
   ``grad_input`` and the offset and mask gradients of its groups' points, so nothing can race
   and no atomics are needed. Row by row, the same coordinate pass fills per-row buffers; then
@@ -174,46 +176,57 @@ def _four_lane_sums(builder: ir.IRBuilder, vectors: list[ir.Value], lanes: int) 
     return [builder.extract_element(combined, ir.Constant(_I32, i)) for i in range(4)]
 
 
-def _pixel_block_intrinsic(lanes: int) -> Any:
-    """The forward block intrinsic for ``lanes`` channels (see ``_pixel_block`` below)."""
+def _pixel_block_intrinsic(lanes: int, direct: bool) -> Any:
+    """The forward block intrinsic for ``lanes`` channels (see ``_pixel_block`` below).
+
+    ``direct``: the points are ``first .. first + count - 1`` (every point of the pixel and
+    group is used); otherwise their indices are ``selected[:count]``.
+    """
 
     @intrinsic
     def pixel_block(
-        typingctx: Any, out: Any, out_base: Any, inp: Any, corner: Any, block: Any, w00: Any,
-        w01: Any, w10: Any, w11: Any, selected: Any, count: Any, step_x: Any, step_y: Any,
+        typingctx: Any, out: Any, out_base: Any, inp: Any, corners: Any, weights: Any,
+        block: Any, selected: Any, first: Any, count: Any,
     ) -> tuple[Any, Callable[..., Any]]:
-        """``out[b:b+lanes] =`` the sum of the bilinear samples of points ``selected[:count]``.
+        """``out[b:b+lanes] =`` the sum of the bilinear samples of the used points.
 
-        Point j's corners are ``corner[j] + block`` plus ``{0, step_x[j], step_y[j], both}``,
-        all inside the input (clamped, see :func:`_clamped_coordinates`); the weights include
-        the mask. The accumulator starts from zero and stays in registers; points are added in
-        order.
+        Point j's record is ``corners[4j:4j+3]`` (top-left corner, steps to the right and lower
+        corners; all four corners inside the input, clamped, see :func:`_clamped_coordinates`)
+        and ``weights[4j:4j+4]`` (mask-folded). The accumulator starts from zero and stays in
+        registers; points are added in order.
         """
-        signature = types.void(out, out_base, inp, corner, block, w00, w01, w10, w11, selected,
-                               count, step_x, step_y)
+        signature = types.void(out, out_base, inp, corners, weights, block, selected, first,
+                               count)
 
         def codegen(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
-            (out_v, base, inp_v, corner_v, block_v, a_v, b_v, c_v, e_v, selected_v, count_v,
-             sx_v, sy_v) = args
+            (out_v, base, inp_v, corners_v, weights_v, block_v, selected_v, first_v,
+             count_v) = args
             vector = ir.VectorType(context.get_value_type(inp.dtype), lanes)
+            index_type = context.get_value_type(types.uint64)
             accumulator = cgutils.alloca_once_value(builder, ir.Constant(vector, None))
             with cgutils.for_range(builder, count_v) as loop:
-                j = _load_scalar(context, builder, selected, selected_v, loop.index)
-                sx = _load_scalar(context, builder, step_x, sx_v, j)
-                top_left = builder.add(_load_scalar(context, builder, corner, corner_v, j),
-                                       block_v)
-                bottom_left = builder.add(top_left,
-                                          _load_scalar(context, builder, step_y, sy_v, j))
+                if direct:
+                    j = builder.add(first_v, loop.index)
+                else:
+                    j = _load_scalar(context, builder, selected, selected_v, loop.index)
+                record = builder.mul(j, ir.Constant(index_type, 4))
 
-                def term(weights: Any, weights_v: Any, index: ir.Value) -> ir.Value:
-                    weight = _load_scalar(context, builder, weights, weights_v, j)
+                def field(array: Any, array_v: Any, k: int) -> ir.Value:
+                    return _load_scalar(context, builder, array, array_v,
+                                        builder.add(record, ir.Constant(index_type, k)))
+
+                top_left = builder.add(field(corners, corners_v, 0), block_v)
+                sx = field(corners, corners_v, 1)
+                bottom_left = builder.add(top_left, field(corners, corners_v, 2))
+
+                def term(k: int, index: ir.Value) -> ir.Value:
                     value = _load_block(context, builder, inp, inp_v, index, lanes)
-                    return builder.fmul(_splat(builder, vector, weight), value)
+                    return builder.fmul(_splat(builder, vector, field(weights, weights_v, k)),
+                                        value)
 
-                upper = builder.fadd(term(w00, a_v, top_left),
-                                     term(w01, b_v, builder.add(top_left, sx)))
-                lower = builder.fadd(term(w10, c_v, bottom_left),
-                                     term(w11, e_v, builder.add(bottom_left, sx)))
+                upper = builder.fadd(term(0, top_left), term(1, builder.add(top_left, sx)))
+                lower = builder.fadd(term(2, bottom_left),
+                                     term(3, builder.add(bottom_left, sx)))
                 total = builder.fadd(builder.load(accumulator), builder.fadd(upper, lower))
                 builder.store(total, accumulator)
             _store_block(context, builder, out, out_v, base, builder.load(accumulator))
@@ -224,10 +237,12 @@ def _pixel_block_intrinsic(lanes: int) -> Any:
     return pixel_block
 
 
-# ``_pixel_block[_half](out, out_base, inp, corner, block, w00, w01, w10, w11, selected, count,
-# step_x, step_y)``: one block of LANES (HALF_LANES) channels of one output pixel and group.
-_pixel_block = _pixel_block_intrinsic(LANES)
-_pixel_block_half = _pixel_block_intrinsic(HALF_LANES)
+# ``_pixel_block[_half][_direct](out, out_base, inp, corners, weights, block, selected, first,
+# count)``: one block of LANES (HALF_LANES) channels of one output pixel and group.
+_pixel_block = _pixel_block_intrinsic(LANES, direct=False)
+_pixel_block_direct = _pixel_block_intrinsic(LANES, direct=True)
+_pixel_block_half = _pixel_block_intrinsic(HALF_LANES, direct=False)
+_pixel_block_half_direct = _pixel_block_intrinsic(HALF_LANES, direct=True)
 
 
 def _prefetch_intrinsic(write: int) -> Any:
@@ -235,13 +250,13 @@ def _prefetch_intrinsic(write: int) -> Any:
 
     @intrinsic
     def prefetch_corners(
-        typingctx: Any, array: Any, corner: Any, step_x: Any, step_y: Any, first: Any,
-        count: Any,
+        typingctx: Any, array: Any, corners: Any, first: Any, count: Any,
     ) -> tuple[Any, Callable[..., Any]]:
-        signature = types.void(array, corner, step_x, step_y, first, count)
+        signature = types.void(array, corners, first, count)
 
         def codegen(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
-            array_v, corner_v, sx_v, sy_v, first_v, count_v = args
+            array_v, corners_v, first_v, count_v = args
+            index_type = context.get_value_type(types.uint64)
             pointer_type = ir.PointerType(ir.IntType(8))
             prefetch = cgutils.get_or_insert_function(
                 builder.module,
@@ -251,11 +266,16 @@ def _prefetch_intrinsic(write: int) -> Any:
             rw, locality, data = (ir.Constant(_I32, write), ir.Constant(_I32, 3),
                                   ir.Constant(_I32, 1))
             with cgutils.for_range(builder, count_v) as loop:
-                j = builder.add(first_v, loop.index)
-                top_left = _load_scalar(context, builder, corner, corner_v, j)
-                sx = _load_scalar(context, builder, step_x, sx_v, j)
-                bottom_left = builder.add(top_left,
-                                          _load_scalar(context, builder, step_y, sy_v, j))
+                record = builder.mul(builder.add(first_v, loop.index),
+                                     ir.Constant(index_type, 4))
+
+                def field(k: int) -> ir.Value:
+                    return _load_scalar(context, builder, corners, corners_v,
+                                        builder.add(record, ir.Constant(index_type, k)))
+
+                top_left = field(0)
+                sx = field(1)
+                bottom_left = builder.add(top_left, field(2))
                 for index in (top_left, builder.add(top_left, sx), bottom_left,
                               builder.add(bottom_left, sx)):
                     pointer = _data_pointer(context, builder, array, array_v, index)
@@ -268,9 +288,9 @@ def _prefetch_intrinsic(write: int) -> Any:
     return prefetch_corners
 
 
-# ``_prefetch_*(array, corner, step_x, step_y, first, count)``: ask the CPU to start loading the
-# corner lines of points ``first..first+count-1`` (clamped corners: every address is inside the
-# array), for reading or for an update.
+# ``_prefetch_*(array, corners, first, count)``: ask the CPU to start loading the corner lines of
+# points ``first..first+count-1`` (clamped corners: every address is inside the array), for
+# reading or for an update.
 _prefetch_for_read = _prefetch_intrinsic(0)
 _prefetch_for_update = _prefetch_intrinsic(1)
 
@@ -340,19 +360,23 @@ def _clamped_coordinates(
     local_base: np.uint64, count: int, tab_x: np.ndarray, tab_base_x: np.ndarray,
     tab_base_y: np.ndarray, tab_group: np.ndarray, row_y: float, scale: float, zero: float,
     one: float, width: int, height: int, width_f: float, height_f: float, image_base: int,
-    c_total: int, fxs: np.ndarray, fys: np.ndarray, ms: np.ndarray, w00: np.ndarray,
-    w01: np.ndarray, w10: np.ndarray, w11: np.ndarray, corner: np.ndarray, dxs: np.ndarray,
-    dys: np.ndarray, valid: np.ndarray, keep_fractions: bool,
+    c_total: int, fxs: np.ndarray, fys: np.ndarray, ms: np.ndarray, weights: np.ndarray,
+    corners: np.ndarray, keep_fractions: bool,
 ) -> None:
     """Coordinates of ``count`` consecutive points of one output row, a branch-free loop.
 
     Reads points ``point_base + j`` of the offsets and mask and entries ``table_base + j`` of
     the tables (each point's kernel-centre x, base grid position and group channel offset, in
-    offset order); writes entry ``local_base + j`` of the row buffers: the mask-folded corner
-    weights, the clamped corners (flat index of the top-left one at channel 0 of the point's
-    group, plus the steps to the right and lower ones), the ``valid`` bits of the four corners
-    (bit c for corner c = 00, 01, 10, 11; zero for a skipped point) and, when
-    ``keep_fractions`` (backward), the fractions and mask.
+    offset order); writes the record of point ``k = local_base + j`` into the row buffers:
+
+    * ``weights[4k:4k+4]``: the mask-folded weights of corners 00, 01, 10, 11;
+    * ``corners[4k:4k+4]``: the flat index of the clamped top-left corner at channel 0 of the
+      point's group, the steps to the right and to the lower corners, and the ``valid`` bits of
+      the four corners (bit c for corner c; zero for a skipped point);
+    * when ``keep_fractions`` (backward): ``fxs[k]``, ``fys[k]`` and ``ms[k]``, the fractions
+      and the mask.
+
+    A point's data sit together, so the block loops read them through two base pointers.
 
     Clamping: a corner outside the image is moved to the nearest column or row inside it, which
     is always one of the same point's inside corners (a used point has ``-1 <= x0 <= W - 1``),
@@ -367,6 +391,7 @@ def _clamped_coordinates(
         idx = point_base + j
         t = table_base + j
         k = local_base + j
+        r = k * uint64(4)
         # Same operation order as reference.sampling_coordinates, so x and y are bitwise equal.
         x = tab_x[t] + (tab_base_x[t] + off[idx + idx]) * scale
         y = row_y + (tab_base_y[t] + off[idx + idx + uint64(1)]) * scale
@@ -394,22 +419,22 @@ def _clamped_coordinates(
         v01 = right & upper
         v10 = left & lower
         v11 = right & lower
-        valid[k] = np.int32(v00) | (np.int32(v01) << 1) | (np.int32(v10) << 2) | (
-            np.int32(v11) << 3)
         top = m * (one - fy)
         bottom = m * fy
-        w00[k] = top * (one - fx) if v00 else zero
-        w01[k] = top * fx if v01 else zero
-        w10[k] = bottom * (one - fx) if v10 else zero
-        w11[k] = bottom * fx if v11 else zero
+        weights[r] = top * (one - fx) if v00 else zero
+        weights[r + uint64(1)] = top * fx if v01 else zero
+        weights[r + uint64(2)] = bottom * (one - fx) if v10 else zero
+        weights[r + uint64(3)] = bottom * fx if v11 else zero
         # Clamped corner columns and rows (x0 >= -1 and x0 <= W - 1 for a used point).
         cx0 = max(min(x0, last_x), zero_i)
         cx1 = max(min(x0 + np.int32(1), last_x), zero_i)
         cy0 = max(min(y0, last_y), zero_i)
         cy1 = max(min(y0 + np.int32(1), last_y), zero_i)
-        corner[k] = image_base + (cy0 * width + cx0) * c_total + tab_group[t]
-        dxs[k] = (cx1 - cx0) * c_total
-        dys[k] = (cy1 - cy0) * width * c_total
+        corners[r] = image_base + (cy0 * width + cx0) * c_total + tab_group[t]
+        corners[r + uint64(1)] = (cx1 - cx0) * c_total
+        corners[r + uint64(2)] = (cy1 - cy0) * width * c_total
+        corners[r + uint64(3)] = np.int64(v00) | (np.int64(v01) << 1) | (
+            np.int64(v10) << 2) | (np.int64(v11) << 3)
 
 
 @njit(**_KERNEL_OPTIONS)
@@ -435,20 +460,14 @@ def _forward_kernel(
         fxs = np.empty(1, inp.dtype)
         fys = np.empty(1, inp.dtype)
         ms = np.empty(1, inp.dtype)
-        w00 = np.empty(row_points, inp.dtype)
-        w01 = np.empty(row_points, inp.dtype)
-        w10 = np.empty(row_points, inp.dtype)
-        w11 = np.empty(row_points, inp.dtype)
-        corner = np.empty(row_points, np.int64)
-        dxs = np.empty(row_points, np.int64)
-        dys = np.empty(row_points, np.int64)
-        valid = np.empty(row_points, np.int32)
+        weights = np.empty(row_points * uint64(4), inp.dtype)
+        corners = np.empty(row_points * uint64(4), np.int64)
         msk_base = uint64(task) * row_points
         _clamped_coordinates(
             off, msk, msk_base, uint64(0), uint64(0), row_points, tab_x, tab_base_x,
             tab_base_y, tab_group, row_y[ho], scale, zero, one, width, height, width_f,
-            height_f, n * height * width * c_total, c_total, fxs, fys, ms, w00, w01, w10, w11,
-            corner, dxs, dys, valid, False,
+            height_f, n * height * width * c_total, c_total, fxs, fys, ms, weights, corners,
+            False,
         )
         selected = np.empty(points, np.uint64)
         for wo in range(out_w):
@@ -457,36 +476,46 @@ def _forward_kernel(
                 first = uint64((wo * group + g) * points)
                 ahead = first + uint64(PREFETCH_GROUPS) * points_u
                 if ahead + points_u <= row_points:
-                    _prefetch_for_read(inp, corner, dxs, dys, ahead, points_u)
+                    _prefetch_for_read(inp, corners, ahead, points_u)
                 # Every used point, interior or not, summed in registers; this also
-                # initialises the output.
+                # initialises the output. Most pixels use all their points: those read the
+                # records in order rather than through the list of used ones.
                 count = uint64(0)
                 for j in range(first, first + points_u):
                     selected[count] = j
-                    count += uint64(valid[j] != 0)
-                for block in range(n_blocks):
-                    d = block * uint64(LANES)
-                    _pixel_block(out, out_base + d, inp, corner, d, w00, w01, w10, w11,
-                                 selected, count, dxs, dys)
-                if has_half:
-                    _pixel_block_half(out, out_base + half_block, inp, corner, half_block, w00,
-                                      w01, w10, w11, selected, count, dxs, dys)
+                    count += uint64(corners[j * uint64(4) + uint64(3)] != 0)
+                if count == points_u:
+                    for block in range(n_blocks):
+                        d = block * uint64(LANES)
+                        _pixel_block_direct(out, out_base + d, inp, corners, weights, d,
+                                            selected, first, count)
+                    if has_half:
+                        _pixel_block_half_direct(out, out_base + half_block, inp, corners,
+                                                 weights, half_block, selected, first, count)
+                else:
+                    for block in range(n_blocks):
+                        d = block * uint64(LANES)
+                        _pixel_block(out, out_base + d, inp, corners, weights, d, selected,
+                                     first, count)
+                    if has_half:
+                        _pixel_block_half(out, out_base + half_block, inp, corners, weights,
+                                          half_block, selected, first, count)
                 for d in range(blocked, length):
                     total = zero
                     for k in range(count):
-                        j = selected[k]
-                        i00 = uint64(corner[j]) + d
-                        i01 = i00 + uint64(dxs[j])
-                        i10 = i00 + uint64(dys[j])
-                        i11 = i01 + uint64(dys[j])
-                        total += (w00[j] * inp[i00] + w01[j] * inp[i01]) + (
-                            w10[j] * inp[i10] + w11[j] * inp[i11]
+                        r = selected[k] * uint64(4)
+                        i00 = uint64(corners[r]) + d
+                        i01 = i00 + uint64(corners[r + uint64(1)])
+                        i10 = i00 + uint64(corners[r + uint64(2)])
+                        i11 = i01 + uint64(corners[r + uint64(2)])
+                        total += (weights[r] * inp[i00] + weights[r + uint64(1)] * inp[i01]) + (
+                            weights[r + uint64(2)] * inp[i10] + weights[r + uint64(3)] * inp[i11]
                         )
                     out[out_base + d] = total
                 if count == points_u:
                     continue
                 for j in range(first, first + points_u):
-                    if valid[j] == 0:
+                    if corners[j * uint64(4) + uint64(3)] == 0:
                         m = msk[msk_base + j]
                         if not np.isfinite(m):
                             # The reference multiplies the zero sample by the mask.
@@ -526,14 +555,8 @@ def _backward_kernel(
         fxs = np.empty(row_points, inp.dtype)
         fys = np.empty(row_points, inp.dtype)
         ms = np.empty(row_points, inp.dtype)
-        w00 = np.empty(row_points, inp.dtype)
-        w01 = np.empty(row_points, inp.dtype)
-        w10 = np.empty(row_points, inp.dtype)
-        w11 = np.empty(row_points, inp.dtype)
-        corner = np.empty(row_points, np.int64)
-        dxs = np.empty(row_points, np.int64)
-        dys = np.empty(row_points, np.int64)
-        valid = np.empty(row_points, np.int32)
+        weights = np.empty(row_points * uint64(4), inp.dtype)
+        corners = np.empty(row_points * uint64(4), np.int64)
         image_base = n * height * width * c_total
         all_groups = span == uint64(group) * points_u
         segments = 1 if all_groups else out_w
@@ -549,7 +572,7 @@ def _backward_kernel(
                     off, msk, row_start + table, table, uint64(segment) * segment_points,
                     segment_points, tab_x, tab_base_x, tab_base_y, tab_group, row_y[ho], scale,
                     zero, one, width, height, width_f, height_f, image_base, c_total, fxs, fys,
-                    ms, w00, w01, w10, w11, corner, dxs, dys, valid, True,
+                    ms, weights, corners, True,
                 )
             for wo in range(out_w):
                 pixel = row * out_w + wo
@@ -559,26 +582,27 @@ def _backward_kernel(
                     point_base = uint64((pixel * group + g) * points)
                     ahead = first + uint64(PREFETCH_GROUPS) * points_u
                     if ahead + points_u <= row_points:
-                        _prefetch_for_read(inp, corner, dxs, dys, ahead, points_u)
-                        _prefetch_for_update(grad_inp, corner, dxs, dys, ahead, points_u)
+                        _prefetch_for_read(inp, corners, ahead, points_u)
+                        _prefetch_for_update(grad_inp, corners, ahead, points_u)
                     for p in range(points_u):
                         j = first + p
                         idx = point_base + p
                         ix = idx + idx
                         iy = ix + uint64(1)
-                        bits = valid[j]
+                        r = j * uint64(4)
+                        bits = corners[r + uint64(3)]
                         if bits == 0:
                             grad_off[ix] = zero
                             grad_off[iy] = zero
                             grad_msk[idx] = zero
                             continue
-                        i00 = uint64(corner[j])
-                        sx = uint64(dxs[j])
-                        sy = uint64(dys[j])
-                        a00 = w00[j]
-                        a01 = w01[j]
-                        a10 = w10[j]
-                        a11 = w11[j]
+                        i00 = uint64(corners[r])
+                        sx = uint64(corners[r + uint64(1)])
+                        sy = uint64(corners[r + uint64(2)])
+                        a00 = weights[r]
+                        a01 = weights[r + uint64(1)]
+                        a10 = weights[r + uint64(2)]
+                        a11 = weights[r + uint64(3)]
                         s00 = zero
                         s01 = zero
                         s10 = zero
