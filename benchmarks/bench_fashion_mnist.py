@@ -36,6 +36,7 @@ import torch
 from bench_common import machine_info
 from internimage.files import atomic_write_bytes, atomic_write_text
 from internimage.train import PRESETS, Trainer, apply_overrides, config_to_dict
+from internimage.train.distributed import resolve_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -55,13 +56,6 @@ def _versions() -> dict[str, str]:
         "numba": numba.__version__,
         "kornia": kornia.__version__,
     }
-
-
-def _device(name: str) -> torch.device:
-    """The device the trainer uses for ``name`` (``auto``: CUDA when available)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _where(machine: dict[str, object]) -> str:
@@ -127,7 +121,7 @@ def main() -> None:
         "target_met": top1 >= args.target,
         "wall_time_s": round(result.total_time_s, 1),
         "dcnv3_backend": os.environ.get("INTERNIMAGE_DCNV3_BACKEND", "auto"),
-        "machine": machine_info(_device(config.device)),
+        "machine": machine_info(resolve_device(config.device)),
         "versions": _versions(),
         "config": config_to_dict(config),
         "curves": plot.name,

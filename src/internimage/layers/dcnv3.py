@@ -15,7 +15,6 @@ from internimage.ops.geometry import DCNv3Geometry
 __all__ = ["DCNv3"]
 
 
-
 class _PointSoftmax(torch.autograd.Function):
     """Softmax over a short last dimension with explicit CPU passes (see softmax_over_points)."""
 
@@ -48,6 +47,7 @@ def softmax_over_points(logits: torch.Tensor) -> torch.Tensor:
         # forward and faster backward too.
         return _PointSoftmax.apply(logits)
     return F.softmax(logits, dim=-1)
+
 
 class DCNv3(nn.Module):
     """Deformable convolution v3 as used in every InternImage block, NHWC in and out.

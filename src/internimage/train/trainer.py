@@ -340,8 +340,7 @@ class Trainer:
     def fit(self) -> RunResult:
         """Train (or continue) to the configured number of epochs; returns the outputs."""
         cfg = self.config
-        started = time.perf_counter()
-        self._started = started
+        self._started = time.perf_counter()
         self._earlier_time_s = 0.0
         self.ctx: DistributedContext = init_distributed(cfg.device)
         device = self.ctx.device
@@ -501,7 +500,7 @@ class Trainer:
             else:
                 self._save(paths["last"], epoch + 1, 0, metrics)
 
-        wall = time.perf_counter() - started
+        wall = time.perf_counter() - self._started
         if self.ctx.is_main:
             plot_curves(steps_log, epochs_log, paths["plot"])
             epochs_log.close()
