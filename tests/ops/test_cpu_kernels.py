@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numba
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -266,17 +267,37 @@ def test_non_finite_and_huge_offsets(dtype: torch.dtype) -> None:
                        torch.zeros_like(actual[3].view(-1)[special_points]))
 
 
-def test_non_finite_mask_propagates_like_reference() -> None:
+@pytest.mark.parametrize("channels", [2, 16, 25])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_mask_propagates_like_reference(channels: int, value: float) -> None:
+    # The point is skipped (outside the image): the reference still adds mask * 0, so the
+    # pixel's output is NaN in every channel, through the vector blocks and the scalar ones.
     geometry = DCNv3Geometry(3, group=1)
-    input, offset, mask, _ = _case(1, 4, 4, 2, geometry, torch.float64)
+    input, offset, mask, _ = _case(1, 4, 4, channels, geometry, torch.float64)
     offset[0, 1, 1, 0] = 100.0  # point 0 of pixel (1, 1) is far outside the image
-    mask[0, 1, 1, 0] = float("nan")
+    mask[0, 1, 1, 0] = value
     expected = dcnv3_reference(input, offset, mask, **_kwargs(geometry))  # type: ignore[arg-type]
     actual = _numba_op(input, offset, mask, **_kwargs(geometry))
     assert torch.isnan(expected[0, 1, 1]).all() and torch.isnan(actual[0, 1, 1]).all()
     keep = ~torch.isnan(expected)
     assert torch.equal(torch.isnan(actual), ~keep)
     _assert_close(actual[keep], expected[keep], TOLERANCE[torch.float64], "output")
+
+
+def test_int64_point_records_give_the_int32_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Images of 2**31 elements or more need int64 indices in the point records; force that
+    # path on a small case (vector and scalar channels, skipped points, a non-finite mask) and
+    # check it gives bit for bit the int32 path's results.
+    geometry = DCNv3Geometry(3, stride=2, group=2, dilation=2, pad=2)
+    input, offset, mask, grad_out = _case(2, 7, 5, 25, geometry, torch.float32, spread=4.0)
+    mask[0, 1, 1, 0] = float("nan")
+    small = _with_grads(_numba_op, input, offset, mask, grad_out, geometry)
+    monkeypatch.setattr(cpu_kernels, "_INT32_RECORDS_BELOW", 0)
+    assert cpu_kernels._Tables(geometry, 7, 5, 25, 4, 3, np.float32).corners_like.dtype == np.int64
+    large = _with_grads(_numba_op, input, offset, mask, grad_out, geometry)
+    for name, a, b in zip(RESULTS, small, large, strict=True):
+        assert torch.equal(torch.isnan(a), torch.isnan(b)), name
+        assert torch.equal(a.nan_to_num(), b.nan_to_num()), f"{name} differs with int64 records"
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)

@@ -26,12 +26,14 @@ Sampling rules, shared with the reference:
   point then takes the same vector path (no slower per-corner path for points near the border,
   which are most points on small maps), and no index ever leaves the input. For finite values
   this gives the reference's results: the clamped corner adds ``0 * value``, i.e. zero (a zero
-  may differ in sign). Non-finite input or output-gradient values: the clamped corner's dot
-  product with the output gradient is discarded by a select rather than multiplied by zero, so
-  the offset and mask gradients are exactly as if the corner were skipped; the scatter adds
-  ``0 * grad_output`` to an element that the same point updates anyway. So the output and the
-  input gradient have the same non-finite elements as the reference's, but an infinity may come
-  out as NaN (``0 * inf`` at a clamped corner).
+  may differ in sign). A skipped point does not branch either: in the forward pass it reads a
+  small block of zeros instead of the input, with weight ``mask * 0``. Non-finite input or
+  output-gradient values: the clamped corner's dot product with the output gradient is
+  discarded by a select rather than multiplied by zero, so the offset and mask gradients are
+  exactly as if the corner were skipped; the scatter adds ``0 * grad_output`` to an element
+  that the same point updates anyway. So the output and the input gradient have the same
+  non-finite elements as the reference's, but an infinity may come out as NaN (``0 * inf`` at
+  a clamped corner).
 * A non-finite mask value is propagated into the output as the reference does (``mask * 0``),
   even for a point outside the image.
 
@@ -40,8 +42,9 @@ Work split and memory:
 * Forward: parallel over output rows ``(n, ho)``. A branch-free, vectorised pass computes the
   clamped corners and mask-folded weights of the row's points into small per-row buffers, one
   record per point (its four weights in one buffer, its corner index, steps and validity bits
-  in another, so that the block loop needs few pointers and spills no registers); then each
-  (pixel, group) sums its used points in a register accumulator. Extra memory: a few tens of
+  in another, so that the block loop needs few pointers and spills no registers; the indices
+  are int32, relative to the image, unless an image has 2**31 elements or more); then each
+  (pixel, group) sums all its points in a register accumulator. Extra memory: a few tens of
   kilobytes per row task.
 * Backward: one pass, parallel over (image, chunk of groups). Each task owns its slice of
   ``grad_input`` and the offset and mask gradients of its groups' points, so nothing can race
@@ -96,6 +99,8 @@ LANES = 16
 HALF_LANES = 8
 # How many (pixel, group) sets of points ahead the kernels prefetch the corner lines.
 PREFETCH_GROUPS = 2
+# Point records use int32 indices for images of fewer elements than this, else int64.
+_INT32_RECORDS_BELOW = 2**31
 # The backward pass is split into at least this many tasks where the groups allow.
 _MIN_BACKWARD_TASKS = 8
 
@@ -131,6 +136,18 @@ def _load_scalar(context: Any, builder: ir.IRBuilder, array_type: Any, array: An
                  index: ir.Value) -> ir.Value:
     pointer = _data_pointer(context, builder, array_type, array, index)
     return builder.load(pointer, typ=context.get_value_type(array_type.dtype))
+
+
+def _record_field(context: Any, builder: ir.IRBuilder, corners_type: Any, corners: Any,
+                  record: ir.Value, k: int) -> ir.Value:
+    """Field ``k`` of a point record, ``corners[record + k]``, widened to a signed 64-bit index.
+
+    The records are int32 (or int64 for images of 2**31 elements or more, see ``forward``).
+    """
+    index_type = context.get_value_type(types.uint64)
+    value = _load_scalar(context, builder, corners_type, corners,
+                         builder.add(record, ir.Constant(index_type, k)))
+    return builder.sext(value, index_type) if corners_type.dtype.bitwidth < 64 else value
 
 
 def _splat(builder: ir.IRBuilder, vector: ir.VectorType, scalar: ir.Value) -> ir.Value:
@@ -176,57 +193,64 @@ def _four_lane_sums(builder: ir.IRBuilder, vectors: list[ir.Value], lanes: int) 
     return [builder.extract_element(combined, ir.Constant(_I32, i)) for i in range(4)]
 
 
-def _pixel_block_intrinsic(lanes: int, direct: bool) -> Any:
-    """The forward block intrinsic for ``lanes`` channels (see ``_pixel_block`` below).
-
-    ``direct``: the points are ``first .. first + count - 1`` (every point of the pixel and
-    group is used); otherwise their indices are ``selected[:count]``.
-    """
+def _pixel_block_intrinsic(lanes: int) -> Any:
+    """The forward block intrinsic for ``lanes`` channels (see ``_pixel_block`` below)."""
 
     @intrinsic
     def pixel_block(
-        typingctx: Any, out: Any, out_base: Any, inp: Any, corners: Any, weights: Any,
-        block: Any, selected: Any, first: Any, count: Any,
+        typingctx: Any, out: Any, out_base: Any, inp: Any, zeros: Any, corners: Any,
+        weights: Any, block: Any, first: Any, count: Any, image_base: Any,
     ) -> tuple[Any, Callable[..., Any]]:
-        """``out[b:b+lanes] =`` the sum of the bilinear samples of the used points.
+        """``out[b:b+lanes] =`` the sum of the bilinear samples of points ``first..+count``.
 
-        Point j's record is ``corners[4j:4j+3]`` (top-left corner, steps to the right and lower
-        corners; all four corners inside the input, clamped, see :func:`_clamped_coordinates`)
-        and ``weights[4j:4j+4]`` (mask-folded). The accumulator starts from zero and stays in
+        Point j's record is ``corners[4j:4j+3]`` (top-left corner relative to ``image_base``,
+        steps to the right and lower corners; all four corners inside the input, clamped, see
+        :func:`_clamped_coordinates`) and ``weights[4j:4j+4]`` (mask-folded). A skipped point
+        (corner index -1, steps 0) reads ``zeros`` instead of the input, so it adds
+        ``weight * 0`` without a branch. The accumulator starts from zero and stays in
         registers; points are added in order.
         """
-        signature = types.void(out, out_base, inp, corners, weights, block, selected, first,
-                               count)
+        signature = types.void(out, out_base, inp, zeros, corners, weights, block, first, count,
+                               image_base)
 
         def codegen(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
-            (out_v, base, inp_v, corners_v, weights_v, block_v, selected_v, first_v,
-             count_v) = args
-            vector = ir.VectorType(context.get_value_type(inp.dtype), lanes)
+            (out_v, base, inp_v, zeros_v, corners_v, weights_v, block_v, first_v, count_v,
+             image_base_v) = args
+            element = context.get_value_type(inp.dtype)
+            vector = ir.VectorType(element, lanes)
             index_type = context.get_value_type(types.uint64)
+            zeros_block = _data_pointer(context, builder, zeros, zeros_v, block_v)
+            image_block = _data_pointer(context, builder, inp, inp_v,
+                                        builder.add(image_base_v, block_v))
             accumulator = cgutils.alloca_once_value(builder, ir.Constant(vector, None))
             with cgutils.for_range(builder, count_v) as loop:
-                if direct:
-                    j = builder.add(first_v, loop.index)
-                else:
-                    j = _load_scalar(context, builder, selected, selected_v, loop.index)
-                record = builder.mul(j, ir.Constant(index_type, 4))
+                record = builder.mul(builder.add(first_v, loop.index),
+                                     ir.Constant(index_type, 4))
+                corner = _record_field(context, builder, corners, corners_v, record, 0)
+                skipped = builder.icmp_signed("<", corner, ir.Constant(index_type, 0))
+                top_left = builder.select(
+                    skipped, zeros_block, builder.gep(image_block, [corner], source_etype=element)
+                )
+                sx = _record_field(context, builder, corners, corners_v, record, 1)
+                bottom_left = builder.gep(
+                    top_left, [_record_field(context, builder, corners, corners_v, record, 2)],
+                    source_etype=element,
+                )
 
-                def field(array: Any, array_v: Any, k: int) -> ir.Value:
-                    return _load_scalar(context, builder, array, array_v,
-                                        builder.add(record, ir.Constant(index_type, k)))
+                def term(k: int, pointer: ir.Value) -> ir.Value:
+                    value = builder.load(builder.bitcast(pointer, vector.as_pointer()),
+                                         align=inp.dtype.bitwidth // 8, typ=vector)
+                    weight = _load_scalar(context, builder, weights, weights_v,
+                                          builder.add(record, ir.Constant(index_type, k)))
+                    return builder.fmul(_splat(builder, vector, weight), value)
 
-                top_left = builder.add(field(corners, corners_v, 0), block_v)
-                sx = field(corners, corners_v, 1)
-                bottom_left = builder.add(top_left, field(corners, corners_v, 2))
-
-                def term(k: int, index: ir.Value) -> ir.Value:
-                    value = _load_block(context, builder, inp, inp_v, index, lanes)
-                    return builder.fmul(_splat(builder, vector, field(weights, weights_v, k)),
-                                        value)
-
-                upper = builder.fadd(term(0, top_left), term(1, builder.add(top_left, sx)))
-                lower = builder.fadd(term(2, bottom_left),
-                                     term(3, builder.add(bottom_left, sx)))
+                upper = builder.fadd(
+                    term(0, top_left), term(1, builder.gep(top_left, [sx], source_etype=element))
+                )
+                lower = builder.fadd(
+                    term(2, bottom_left),
+                    term(3, builder.gep(bottom_left, [sx], source_etype=element)),
+                )
                 total = builder.fadd(builder.load(accumulator), builder.fadd(upper, lower))
                 builder.store(total, accumulator)
             _store_block(context, builder, out, out_v, base, builder.load(accumulator))
@@ -237,12 +261,10 @@ def _pixel_block_intrinsic(lanes: int, direct: bool) -> Any:
     return pixel_block
 
 
-# ``_pixel_block[_half][_direct](out, out_base, inp, corners, weights, block, selected, first,
-# count)``: one block of LANES (HALF_LANES) channels of one output pixel and group.
-_pixel_block = _pixel_block_intrinsic(LANES, direct=False)
-_pixel_block_direct = _pixel_block_intrinsic(LANES, direct=True)
-_pixel_block_half = _pixel_block_intrinsic(HALF_LANES, direct=False)
-_pixel_block_half_direct = _pixel_block_intrinsic(HALF_LANES, direct=True)
+# ``_pixel_block[_half](out, out_base, inp, zeros, corners, weights, block, first, count,
+# image_base)``: one block of LANES (HALF_LANES) channels of one output pixel and group.
+_pixel_block = _pixel_block_intrinsic(LANES)
+_pixel_block_half = _pixel_block_intrinsic(HALF_LANES)
 
 
 def _prefetch_intrinsic(write: int) -> Any:
@@ -250,12 +272,12 @@ def _prefetch_intrinsic(write: int) -> Any:
 
     @intrinsic
     def prefetch_corners(
-        typingctx: Any, array: Any, corners: Any, first: Any, count: Any,
+        typingctx: Any, array: Any, corners: Any, first: Any, count: Any, image_base: Any,
     ) -> tuple[Any, Callable[..., Any]]:
-        signature = types.void(array, corners, first, count)
+        signature = types.void(array, corners, first, count, image_base)
 
         def codegen(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
-            array_v, corners_v, first_v, count_v = args
+            array_v, corners_v, first_v, count_v, image_base_v = args
             index_type = context.get_value_type(types.uint64)
             pointer_type = ir.PointerType(ir.IntType(8))
             prefetch = cgutils.get_or_insert_function(
@@ -270,10 +292,13 @@ def _prefetch_intrinsic(write: int) -> Any:
                                      ir.Constant(index_type, 4))
 
                 def field(k: int) -> ir.Value:
-                    return _load_scalar(context, builder, corners, corners_v,
-                                        builder.add(record, ir.Constant(index_type, k)))
+                    return _record_field(context, builder, corners, corners_v, record, k)
 
-                top_left = field(0)
+                # A skipped point (index -1, steps 0) prefetches the image's first line.
+                corner = field(0)
+                skipped = builder.icmp_signed("<", corner, ir.Constant(index_type, 0))
+                corner = builder.select(skipped, ir.Constant(index_type, 0), corner)
+                top_left = builder.add(image_base_v, corner)
                 sx = field(1)
                 bottom_left = builder.add(top_left, field(2))
                 for index in (top_left, builder.add(top_left, sx), bottom_left,
@@ -288,9 +313,9 @@ def _prefetch_intrinsic(write: int) -> Any:
     return prefetch_corners
 
 
-# ``_prefetch_*(array, corners, first, count)``: ask the CPU to start loading the corner lines of
-# points ``first..first+count-1`` (clamped corners: every address is inside the array), for
-# reading or for an update.
+# ``_prefetch_*(array, corners, first, count, image_base)``: ask the CPU to start loading the
+# corner lines of points ``first..first+count-1`` of the image at ``image_base`` (clamped
+# corners: every address is inside the array), for reading or for an update.
 _prefetch_for_read = _prefetch_intrinsic(0)
 _prefetch_for_update = _prefetch_intrinsic(1)
 
@@ -359,9 +384,9 @@ def _clamped_coordinates(
     off: np.ndarray, msk: np.ndarray, point_base: np.uint64, table_base: np.uint64,
     local_base: np.uint64, count: int, tab_x: np.ndarray, tab_base_x: np.ndarray,
     tab_base_y: np.ndarray, tab_group: np.ndarray, row_y: float, scale: float, zero: float,
-    one: float, width: int, height: int, width_f: float, height_f: float, image_base: int,
-    c_total: int, fxs: np.ndarray, fys: np.ndarray, ms: np.ndarray, weights: np.ndarray,
-    corners: np.ndarray, keep_fractions: bool,
+    one: float, width: int, height: int, width_f: float, height_f: float, c_total: int,
+    fxs: np.ndarray, fys: np.ndarray, ms: np.ndarray, weights: np.ndarray, corners: np.ndarray,
+    keep_fractions: bool,
 ) -> None:
     """Coordinates of ``count`` consecutive points of one output row, a branch-free loop.
 
@@ -370,18 +395,22 @@ def _clamped_coordinates(
     offset order); writes the record of point ``k = local_base + j`` into the row buffers:
 
     * ``weights[4k:4k+4]``: the mask-folded weights of corners 00, 01, 10, 11;
-    * ``corners[4k:4k+4]``: the flat index of the clamped top-left corner at channel 0 of the
-      point's group, the steps to the right and to the lower corners, and the ``valid`` bits of
-      the four corners (bit c for corner c; zero for a skipped point);
+    * ``corners[4k:4k+4]`` (int32, or int64 for huge images): the index of the clamped top-left
+      corner at channel 0 of the point's group relative to the start of the image, the steps to
+      the right and to the lower corners, and the ``valid`` bits of the four corners (bit c for
+      corner c);
     * when ``keep_fractions`` (backward): ``fxs[k]``, ``fys[k]`` and ``ms[k]``, the fractions
       and the mask.
 
-    A point's data sit together, so the block loops read them through two base pointers.
+    A point's data sit together, so the block loops read them through two base pointers, and
+    the int32 records halve the memory the row buffers pass through.
 
     Clamping: a corner outside the image is moved to the nearest column or row inside it, which
     is always one of the same point's inside corners (a used point has ``-1 <= x0 <= W - 1``),
     and its weight is exactly zero. So every used point takes the same vector path and no index
-    ever leaves the input; a skipped point gets clamped (valid) indices too.
+    ever leaves the input. A skipped point gets index -1, steps 0, no valid bits and the weights
+    ``(mask * 0, 0, 0, 0)``: the forward reads a block of zeros for it, so it adds ``mask * 0``
+    like the reference, with no branch.
     """
     minus_one = -one
     last_x = np.int32(width - 1)
@@ -421,7 +450,8 @@ def _clamped_coordinates(
         v11 = right & lower
         top = m * (one - fy)
         bottom = m * fy
-        weights[r] = top * (one - fx) if v00 else zero
+        w00 = top * (one - fx) if v00 else zero
+        weights[r] = w00 if inside else m * zero
         weights[r + uint64(1)] = top * fx if v01 else zero
         weights[r + uint64(2)] = bottom * (one - fx) if v10 else zero
         weights[r + uint64(3)] = bottom * fx if v11 else zero
@@ -430,30 +460,67 @@ def _clamped_coordinates(
         cx1 = max(min(x0 + np.int32(1), last_x), zero_i)
         cy0 = max(min(y0, last_y), zero_i)
         cy1 = max(min(y0 + np.int32(1), last_y), zero_i)
-        corners[r] = image_base + (cy0 * width + cx0) * c_total + tab_group[t]
-        corners[r + uint64(1)] = (cx1 - cx0) * c_total
-        corners[r + uint64(2)] = (cy1 - cy0) * width * c_total
+        # Computed in int64; storing into int32 records keeps the low bits, which lets LLVM do
+        # the arithmetic in 32 bits (forward() picks int32 only where every index fits).
+        corner = (cy0 * width + cx0) * c_total + tab_group[t]
+        corners[r] = corner if inside else -1
+        corners[r + uint64(1)] = (cx1 - cx0) * c_total if inside else 0
+        corners[r + uint64(2)] = (cy1 - cy0) * width * c_total if inside else 0
         corners[r + uint64(3)] = np.int64(v00) | (np.int64(v01) << 1) | (
             np.int64(v10) << 2) | (np.int64(v11) << 3)
 
 
+@njit(cache=True, nogil=True)
+def _forward_scalar_channels(
+    inp: np.ndarray, corners: np.ndarray, weights: np.ndarray, out: np.ndarray,
+    out_base: np.uint64, image_base: np.uint64, first: np.uint64, count: np.uint64,
+    start: np.uint64, stop: np.uint64, zero: float,
+) -> None:
+    """Channels ``start..stop-1`` of one (pixel, group), one scalar sum per channel."""
+    for d in range(start, stop):
+        total = zero
+        for j in range(first, first + count):
+            r = j * uint64(4)
+            v00 = zero
+            v01 = zero
+            v10 = zero
+            v11 = zero
+            if corners[r] >= 0:
+                i00 = image_base + uint64(corners[r]) + d
+                i01 = i00 + uint64(corners[r + uint64(1)])
+                i10 = i00 + uint64(corners[r + uint64(2)])
+                i11 = i01 + uint64(corners[r + uint64(2)])
+                v00 = inp[i00]
+                v01 = inp[i01]
+                v10 = inp[i10]
+                v11 = inp[i11]
+            total += (weights[r] * v00 + weights[r + uint64(1)] * v01) + (
+                weights[r + uint64(2)] * v10 + weights[r + uint64(3)] * v11
+            )
+        out[out_base + d] = total
+
+
 @njit(**_KERNEL_OPTIONS)
 def _forward_kernel(
-    inp: np.ndarray, off: np.ndarray, msk: np.ndarray, out: np.ndarray,
+    inp: np.ndarray, off: np.ndarray, msk: np.ndarray, out: np.ndarray, corners_like: np.ndarray,
     batch: int, height: int, width: int, group: int, channels: int, out_h: int, out_w: int,
     points: int, row_y: np.ndarray, tab_x: np.ndarray, tab_base_x: np.ndarray,
     tab_base_y: np.ndarray, tab_group: np.ndarray, scale: float, zero: float, one: float,
     width_f: float, height_f: float,
 ) -> None:
-    """Forward pass on flat arrays: input ``[N, H, W, G, D]``, output ``[N, Ho, Wo, G, D]``."""
+    """Forward pass on flat arrays: input ``[N, H, W, G, D]``, output ``[N, Ho, Wo, G, D]``.
+
+    ``corners_like`` only sets the integer type of the point records (int32 or int64).
+    """
     c_total = group * channels
     row_points = uint64(out_w * group * points)
     length = uint64(channels)
     n_blocks, half_block, has_half, blocked = _channel_blocks(channels)
     points_u = uint64(points)
+    channels_u = uint64(channels)
     for task in prange(batch * out_h):
         # One output row (n, ho) per task: first the coordinates of all its points, then the
-        # sums over points, pixel by pixel and group by group.
+        # sums over points, (pixel, group) by (pixel, group) in memory order.
         n = task // out_h
         ho = task - n * out_h
         # The fractions and mask are only kept for the backward pass: one-element placeholders.
@@ -461,72 +528,43 @@ def _forward_kernel(
         fys = np.empty(1, inp.dtype)
         ms = np.empty(1, inp.dtype)
         weights = np.empty(row_points * uint64(4), inp.dtype)
-        corners = np.empty(row_points * uint64(4), np.int64)
+        corners = np.empty(row_points * uint64(4), corners_like.dtype)
+        # What skipped points read instead of the input.
+        zeros = np.zeros(max(channels, 1), inp.dtype)
         msk_base = uint64(task) * row_points
+        image_base = uint64(n * height * width * c_total)
         _clamped_coordinates(
             off, msk, msk_base, uint64(0), uint64(0), row_points, tab_x, tab_base_x,
             tab_base_y, tab_group, row_y[ho], scale, zero, one, width, height, width_f,
-            height_f, n * height * width * c_total, c_total, fxs, fys, ms, weights, corners,
-            False,
+            height_f, c_total, fxs, fys, ms, weights, corners, False,
         )
-        selected = np.empty(points, np.uint64)
-        for wo in range(out_w):
-            for g in range(group):
-                out_base = uint64(((task * out_w + wo) * group + g) * channels)
-                first = uint64((wo * group + g) * points)
-                ahead = first + uint64(PREFETCH_GROUPS) * points_u
-                if ahead + points_u <= row_points:
-                    _prefetch_for_read(inp, corners, ahead, points_u)
-                # Every used point, interior or not, summed in registers; this also
-                # initialises the output. Most pixels use all their points: those read the
-                # records in order rather than through the list of used ones.
-                count = uint64(0)
-                for j in range(first, first + points_u):
-                    selected[count] = j
-                    count += uint64(corners[j * uint64(4) + uint64(3)] != 0)
-                if count == points_u:
-                    for block in range(n_blocks):
-                        d = block * uint64(LANES)
-                        _pixel_block_direct(out, out_base + d, inp, corners, weights, d,
-                                            selected, first, count)
-                    if has_half:
-                        _pixel_block_half_direct(out, out_base + half_block, inp, corners,
-                                                 weights, half_block, selected, first, count)
-                else:
-                    for block in range(n_blocks):
-                        d = block * uint64(LANES)
-                        _pixel_block(out, out_base + d, inp, corners, weights, d, selected,
-                                     first, count)
-                    if has_half:
-                        _pixel_block_half(out, out_base + half_block, inp, corners, weights,
-                                          half_block, selected, first, count)
-                for d in range(blocked, length):
-                    total = zero
-                    for k in range(count):
-                        r = selected[k] * uint64(4)
-                        i00 = uint64(corners[r]) + d
-                        i01 = i00 + uint64(corners[r + uint64(1)])
-                        i10 = i00 + uint64(corners[r + uint64(2)])
-                        i11 = i01 + uint64(corners[r + uint64(2)])
-                        total += (weights[r] * inp[i00] + weights[r + uint64(1)] * inp[i01]) + (
-                            weights[r + uint64(2)] * inp[i10] + weights[r + uint64(3)] * inp[i11]
-                        )
-                    out[out_base + d] = total
-                if count == points_u:
-                    continue
-                for j in range(first, first + points_u):
-                    if corners[j * uint64(4) + uint64(3)] == 0:
-                        m = msk[msk_base + j]
-                        if not np.isfinite(m):
-                            # The reference multiplies the zero sample by the mask.
-                            for d in range(length):
-                                out[out_base + d] += m * zero
+        out_row = uint64(task) * uint64(out_w * c_total)
+        # ``first``: the first point of one (pixel, group), whose output block starts at
+        # out_base; the records and the output are in the same (wo, g) order.
+        for first in range(uint64(0), row_points, points_u):
+            out_base = out_row + first // points_u * channels_u
+            ahead = first + uint64(PREFETCH_GROUPS) * points_u
+            if ahead + points_u <= row_points:
+                _prefetch_for_read(inp, corners, ahead, points_u, image_base)
+            # Every point summed in registers, in order; this also initialises the output.
+            for block in range(n_blocks):
+                d = block * uint64(LANES)
+                _pixel_block(out, out_base + d, inp, zeros, corners, weights, d, first,
+                             points_u, image_base)
+            if has_half:
+                _pixel_block_half(out, out_base + half_block, inp, zeros, corners, weights,
+                                  half_block, first, points_u, image_base)
+            # The last D % 8 channels, in a separate function: inlined here, their loops made
+            # the block loops above measurably slower even when they run zero times.
+            if blocked < length:
+                _forward_scalar_channels(inp, corners, weights, out, out_base, image_base, first,
+                                         points_u, blocked, length, zero)
 
 
 @njit(**_KERNEL_OPTIONS)
 def _backward_kernel(
     grad_out: np.ndarray, inp: np.ndarray, off: np.ndarray, msk: np.ndarray,
-    grad_inp: np.ndarray, grad_off: np.ndarray, grad_msk: np.ndarray,
+    grad_inp: np.ndarray, grad_off: np.ndarray, grad_msk: np.ndarray, corners_like: np.ndarray,
     batch: int, height: int, width: int, group: int, channels: int, out_h: int, out_w: int,
     points: int, group_chunks: int, row_y: np.ndarray, tab_x: np.ndarray,
     tab_base_x: np.ndarray, tab_base_y: np.ndarray, tab_group: np.ndarray, scale: float,
@@ -556,8 +594,8 @@ def _backward_kernel(
         fys = np.empty(row_points, inp.dtype)
         ms = np.empty(row_points, inp.dtype)
         weights = np.empty(row_points * uint64(4), inp.dtype)
-        corners = np.empty(row_points * uint64(4), np.int64)
-        image_base = n * height * width * c_total
+        corners = np.empty(row_points * uint64(4), corners_like.dtype)
+        image_base = uint64(n * height * width * c_total)
         all_groups = span == uint64(group) * points_u
         segments = 1 if all_groups else out_w
         segment_points = row_points if all_groups else span
@@ -571,8 +609,8 @@ def _backward_kernel(
                 _clamped_coordinates(
                     off, msk, row_start + table, table, uint64(segment) * segment_points,
                     segment_points, tab_x, tab_base_x, tab_base_y, tab_group, row_y[ho], scale,
-                    zero, one, width, height, width_f, height_f, image_base, c_total, fxs, fys,
-                    ms, weights, corners, True,
+                    zero, one, width, height, width_f, height_f, c_total, fxs, fys, ms, weights,
+                    corners, True,
                 )
             for wo in range(out_w):
                 pixel = row * out_w + wo
@@ -582,8 +620,8 @@ def _backward_kernel(
                     point_base = uint64((pixel * group + g) * points)
                     ahead = first + uint64(PREFETCH_GROUPS) * points_u
                     if ahead + points_u <= row_points:
-                        _prefetch_for_read(inp, corners, ahead, points_u)
-                        _prefetch_for_update(grad_inp, corners, ahead, points_u)
+                        _prefetch_for_read(inp, corners, ahead, points_u, image_base)
+                        _prefetch_for_update(grad_inp, corners, ahead, points_u, image_base)
                     for p in range(points_u):
                         j = first + p
                         idx = point_base + p
@@ -596,7 +634,7 @@ def _backward_kernel(
                             grad_off[iy] = zero
                             grad_msk[idx] = zero
                             continue
-                        i00 = uint64(corners[r])
+                        i00 = image_base + uint64(corners[r])
                         sx = uint64(corners[r + uint64(1)])
                         sy = uint64(corners[r + uint64(2)])
                         a00 = weights[r]
@@ -667,12 +705,19 @@ def _flat(tensor: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
 
 
 class _Tables:
-    """Per-call constants in the compute dtype: kernel-centre positions and the base grid."""
+    """Per-call constants: kernel-centre positions and the base grid in the compute dtype.
+
+    ``corners_like`` is an empty array of the point records' integer type: int32 where every
+    index into one image fits (any image under 2**31 elements), else int64.
+    """
 
     def __init__(
         self, geometry: DCNv3Geometry, height: int, width: int, channels: int, out_h: int,
         out_w: int, np_dtype: type,
     ) -> None:
+        image_size = height * width * channels * geometry.group
+        index_dtype = np.int32 if image_size < _INT32_RECORDS_BELOW else np.int64
+        self.corners_like = np.empty(0, index_dtype)
         shift = geometry.half - geometry.pad
         grid = np.asarray(geometry.kernel_grid(), dtype=np.float64).reshape(-1, 2)
         self.row_y = (np.arange(out_h) * geometry.stride + shift).astype(np_dtype)
@@ -685,8 +730,9 @@ class _Tables:
         self.tab_x = np.repeat(self.col_x, group * points)
         self.tab_base_x = np.tile(self.base_x, out_w * group)
         self.tab_base_y = np.tile(self.base_y, out_w * group)
-        self.tab_group = np.tile(np.repeat(np.arange(group, dtype=np.int64) * channels, points),
-                                 out_w)
+        self.tab_group = np.tile(
+            np.repeat(np.arange(group, dtype=index_dtype) * channels, points), out_w
+        )
         self.scale = np_dtype(geometry.offset_scale)
         self.zero = np_dtype(0)
         self.one = np_dtype(1)
@@ -719,9 +765,9 @@ def forward(
     tables = _Tables(geometry, h, w, c // geometry.group, ho, wo, np_dtype)
     _forward_kernel(
         _flat(input, compute), _flat(offset, compute), _flat(mask, compute), out.view(-1).numpy(),
-        n, h, w, group, c // group, ho, wo, geometry.points, tables.row_y, tables.tab_x,
-        tables.tab_base_x, tables.tab_base_y, tables.tab_group, tables.scale, tables.zero,
-        tables.one, tables.width, tables.height,
+        tables.corners_like, n, h, w, group, c // group, ho, wo, geometry.points, tables.row_y,
+        tables.tab_x, tables.tab_base_x, tables.tab_base_y, tables.tab_group, tables.scale,
+        tables.zero, tables.one, tables.width, tables.height,
     )
     return out.to(input.dtype)
 
@@ -764,9 +810,10 @@ def backward(
     _backward_kernel(
         _flat(grad_output, compute), _flat(input, compute), _flat(offset, compute),
         _flat(mask, compute), grad_input.view(-1).numpy(), grad_offset.view(-1).numpy(),
-        grad_mask.view(-1).numpy(), n, h, w, group, c // group, ho, wo, geometry.points,
-        group_chunks, tables.row_y, tables.tab_x, tables.tab_base_x, tables.tab_base_y,
-        tables.tab_group, tables.scale, tables.zero, tables.one, tables.width, tables.height,
+        grad_mask.view(-1).numpy(), tables.corners_like, n, h, w, group, c // group, ho, wo,
+        geometry.points, group_chunks, tables.row_y, tables.tab_x, tables.tab_base_x,
+        tables.tab_base_y, tables.tab_group, tables.scale, tables.zero, tables.one, tables.width,
+        tables.height,
     )
     return (
         grad_input.to(input.dtype),
