@@ -293,7 +293,7 @@ def test_int64_point_records_give_the_int32_results(monkeypatch: pytest.MonkeyPa
     mask[0, 1, 1, 0] = float("nan")
     small = _with_grads(_numba_op, input, offset, mask, grad_out, geometry)
     monkeypatch.setattr(cpu_kernels, "_INT32_RECORDS_BELOW", 0)
-    assert cpu_kernels._Tables(geometry, 7, 5, 25, 4, 3, np.float32).corners_like.dtype == np.int64
+    assert cpu_kernels._tables(geometry, 7, 5, 25, 4, 3, np.float32).corners_like.dtype == np.int64
     large = _with_grads(_numba_op, input, offset, mask, grad_out, geometry)
     for name, a, b in zip(RESULTS, small, large, strict=True):
         assert torch.equal(torch.isnan(a), torch.isnan(b)), name

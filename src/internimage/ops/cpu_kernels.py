@@ -63,6 +63,7 @@ bitwise-identical results. No fast-math flag and no fused multiply-add is used.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -416,6 +417,7 @@ def _clamped_coordinates(
     last_x = np.int32(width - 1)
     last_y = np.int32(height - 1)
     zero_i = np.int32(0)
+    row_step = width * c_total
     for j in range(uint64(count)):
         idx = point_base + j
         t = table_base + j
@@ -455,17 +457,17 @@ def _clamped_coordinates(
         weights[r + uint64(1)] = top * fx if v01 else zero
         weights[r + uint64(2)] = bottom * (one - fx) if v10 else zero
         weights[r + uint64(3)] = bottom * fx if v11 else zero
-        # Clamped corner columns and rows (x0 >= -1 and x0 <= W - 1 for a used point).
-        cx0 = max(min(x0, last_x), zero_i)
-        cx1 = max(min(x0 + np.int32(1), last_x), zero_i)
-        cy0 = max(min(y0, last_y), zero_i)
-        cy1 = max(min(y0 + np.int32(1), last_y), zero_i)
+        # Clamped corners: a used point has -1 <= x0 <= W - 1, so the left column is
+        # max(x0, 0) and the right one is a column further exactly when 0 <= x0 < W - 1 (both
+        # corners inside); otherwise both are the same column. The same for rows.
+        cx0 = max(x0, zero_i)
+        cy0 = max(y0, zero_i)
         # Computed in int64; storing into int32 records keeps the low bits, which lets LLVM do
         # the arithmetic in 32 bits (forward() picks int32 only where every index fits).
         corner = (cy0 * width + cx0) * c_total + tab_group[t]
         corners[r] = corner if inside else -1
-        corners[r + uint64(1)] = (cx1 - cx0) * c_total if inside else 0
-        corners[r + uint64(2)] = (cy1 - cy0) * width * c_total if inside else 0
+        corners[r + uint64(1)] = c_total if left & right else 0
+        corners[r + uint64(2)] = row_step if inside & upper & lower else 0
         corners[r + uint64(3)] = np.int64(v00) | (np.int64(v01) << 1) | (
             np.int64(v10) << 2) | (np.int64(v11) << 3)
 
@@ -705,18 +707,16 @@ def _flat(tensor: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
 
 
 class _Tables:
-    """Per-call constants: kernel-centre positions and the base grid in the compute dtype.
+    """Constants of one call shape: kernel-centre positions and the base grid in the compute
+    dtype, and ``corners_like``, an empty array of the point records' integer type.
 
-    ``corners_like`` is an empty array of the point records' integer type: int32 where every
-    index into one image fits (any image under 2**31 elements), else int64.
+    Built once per shape (see :func:`_tables`); the kernels only read them.
     """
 
     def __init__(
         self, geometry: DCNv3Geometry, height: int, width: int, channels: int, out_h: int,
-        out_w: int, np_dtype: type,
+        out_w: int, np_dtype: type, index_dtype: type,
     ) -> None:
-        image_size = height * width * channels * geometry.group
-        index_dtype = np.int32 if image_size < _INT32_RECORDS_BELOW else np.int64
         self.corners_like = np.empty(0, index_dtype)
         shift = geometry.half - geometry.pad
         grid = np.asarray(geometry.kernel_grid(), dtype=np.float64).reshape(-1, 2)
@@ -738,6 +738,28 @@ class _Tables:
         self.one = np_dtype(1)
         self.width = np_dtype(width)
         self.height = np_dtype(height)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_tables(
+    geometry: DCNv3Geometry, height: int, width: int, channels: int, out_h: int, out_w: int,
+    np_dtype: type, index_dtype: type,
+) -> _Tables:
+    return _Tables(geometry, height, width, channels, out_h, out_w, np_dtype, index_dtype)
+
+
+def _tables(
+    geometry: DCNv3Geometry, height: int, width: int, channels: int, out_h: int, out_w: int,
+    np_dtype: type,
+) -> _Tables:
+    """The tables of a call; the records are int32 where every index into one image fits.
+
+    Cached: building them costs tens of microseconds, a noticeable share of a call on small
+    maps.
+    """
+    image_size = height * width * channels * geometry.group
+    index_dtype = np.int32 if image_size < _INT32_RECORDS_BELOW else np.int64
+    return _cached_tables(geometry, height, width, channels, out_h, out_w, np_dtype, index_dtype)
 
 
 def forward(
@@ -762,7 +784,7 @@ def forward(
         return out.to(input.dtype)
     group = geometry.group
     np_dtype = np.float64 if compute == torch.float64 else np.float32
-    tables = _Tables(geometry, h, w, c // geometry.group, ho, wo, np_dtype)
+    tables = _tables(geometry, h, w, c // geometry.group, ho, wo, np_dtype)
     _forward_kernel(
         _flat(input, compute), _flat(offset, compute), _flat(mask, compute), out.view(-1).numpy(),
         tables.corners_like, n, h, w, group, c // group, ho, wo, geometry.points, tables.row_y,
@@ -803,7 +825,7 @@ def backward(
     grad_offset = torch.empty(offset.shape, dtype=compute)
     grad_mask = torch.empty(mask.shape, dtype=compute)
     group = geometry.group
-    tables = _Tables(geometry, h, w, c // geometry.group, ho, wo, np_dtype)
+    tables = _tables(geometry, h, w, c // geometry.group, ho, wo, np_dtype)
     # Whole images per task keep each input line's groups together in cache; split the groups
     # only as far as needed for some parallelism on small batches.
     group_chunks = min(group, -(-_MIN_BACKWARD_TASKS // n))
