@@ -143,7 +143,7 @@ def _record_field(context: Any, builder: ir.IRBuilder, corners_type: Any, corner
                   record: ir.Value, k: int) -> ir.Value:
     """Field ``k`` of a point record, ``corners[record + k]``, widened to a signed 64-bit index.
 
-    The records are int32 (or int64 for images of 2**31 elements or more, see ``forward``).
+    The records are int32 (or int64 for images of 2**31 elements or more, see ``_tables``).
     """
     index_type = context.get_value_type(types.uint64)
     value = _load_scalar(context, builder, corners_type, corners,
@@ -463,7 +463,7 @@ def _clamped_coordinates(
         cx0 = max(x0, zero_i)
         cy0 = max(y0, zero_i)
         # Computed in int64; storing into int32 records keeps the low bits, which lets LLVM do
-        # the arithmetic in 32 bits (forward() picks int32 only where every index fits).
+        # the arithmetic in 32 bits (_tables() picks int32 only where every index fits).
         corner = (cy0 * width + cx0) * c_total + tab_group[t]
         corners[r] = corner if inside else -1
         corners[r + uint64(1)] = c_total if left & right else 0
