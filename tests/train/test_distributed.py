@@ -3,7 +3,6 @@ batch."""
 
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from tiny_settings import NO_AUGMENTATION, TINY_SETTINGS, free_port, set_args
+from tiny_settings import PARALLEL_SETTINGS, free_port, set_args, step_losses
 
 from internimage.train import (
     GlobalBatchNorm2d,
@@ -92,21 +91,6 @@ def test_global_batchnorm_matches_batchnorm_over_the_whole_batch() -> None:
                                atol=1e-4)
 
 
-def _losses(run_dir: Path) -> list[float]:
-    with (run_dir / "train_steps.csv").open() as handle:
-        return [float(row["train_loss"]) for row in csv.DictReader(handle)]
-
-
-# Adam divides each gradient by its own running magnitude, so a parameter whose exact gradient is
-# zero (e.g. a bias that a following BatchNorm cancels) takes full-size steps driven by rounding
-# noise, which differs between any two summation orders. With eps = 1 (far above sqrt(v)) the
-# update is lr * m, plain momentum SGD, and rounding differences stay rounding-sized; the
-# comparison below can then be tight for every tensor.
-SGD_LIKE = ["optim.eps=1.0", "optim.lr=10", "optim.weight_decay=0"]
-
-
-# Both parallel runs are compared with one process training the same global batch of 16.
-PARALLEL_SETTINGS = TINY_SETTINGS + NO_AUGMENTATION + SGD_LIKE + ["ema_decay=none"]
 
 
 def _single_process_run(tmp_path: Path) -> Path:
@@ -138,7 +122,7 @@ def test_two_process_ddp_equals_one_process(tmp_path: Path) -> None:
     output = _two_process_run(tmp_path, "ddp", [], timeout=400)
     assert "2 process(es)" in output
 
-    single_losses, ddp_losses = _losses(single_dir), _losses(tmp_path / "ddp")
+    single_losses, ddp_losses = step_losses(single_dir), step_losses(tmp_path / "ddp")
     assert len(single_losses) == len(ddp_losses) == 8
     assert single_losses[0] - min(single_losses) > 0.05  # the run does learn
     # The runs differ only in summation order (gradients all-reduced across processes,
@@ -170,6 +154,6 @@ def test_two_process_fsdp_equals_one_process(tmp_path: Path) -> None:
     assert state["model"].keys() == expected.keys()
     # Same justification as for DDP above.
     torch.testing.assert_close(
-        torch.tensor(_losses(tmp_path / "fsdp")), torch.tensor(_losses(single_dir)),
+        torch.tensor(step_losses(tmp_path / "fsdp")), torch.tensor(step_losses(single_dir)),
         rtol=1e-4, atol=1e-5,
     )

@@ -4,7 +4,9 @@ Imported by the test modules of this folder (pytest puts the folder on ``sys.pat
 
 from __future__ import annotations
 
+import csv
 import socket
+from pathlib import Path
 
 # A one-block-per-stage network on 32-pixel images, 64 training images in batches of 16:
 # 4 optimiser steps per epoch.
@@ -35,6 +37,23 @@ NO_AUGMENTATION = [
     "augment.mixup_alpha=0",
     "augment.cutmix_alpha=0",
 ]
+
+
+# Adam divides each gradient by its own running magnitude, so a parameter whose exact gradient is
+# zero (e.g. a bias that a following BatchNorm cancels) takes full-size steps driven by rounding
+# noise, which differs between any two summation orders. With eps = 1 (far above sqrt(v)) the
+# update is lr * m, plain momentum SGD, and rounding differences stay rounding-sized, so runs that
+# differ only in summation order (several processes against one) can be compared tightly.
+SGD_LIKE = ["optim.eps=1.0", "optim.lr=10", "optim.weight_decay=0"]
+
+# Parallel runs are compared with one process training the same global batch of 16.
+PARALLEL_SETTINGS = TINY_SETTINGS + NO_AUGMENTATION + SGD_LIKE + ["ema_decay=none"]
+
+
+def step_losses(run_dir: Path) -> list[float]:
+    """The logged training loss of every step of a run."""
+    with (run_dir / "train_steps.csv").open() as handle:
+        return [float(row["train_loss"]) for row in csv.DictReader(handle)]
 
 
 def set_args(assignments: list[str]) -> list[str]:

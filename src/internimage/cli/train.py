@@ -33,6 +33,7 @@ _FLAG_KEYS: dict[str, str] = {
     "seed": "seed",
     "device": "device",
     "strategy": "strategy",
+    "processes": "processes",
     "output_dir": "output_dir",
     "name": "name",
     "checkpoint_every": "checkpoint_every",
@@ -49,8 +50,10 @@ def add_parser(subparsers: Any) -> None:
         description=(
             "Train an InternImage classifier. Without arguments it trains a small model on the "
             "bundled Fashion-MNIST subset. Settings come from --preset (or --config FILE), then "
-            "--set section.key=value overrides, then the explicit flags below. Run several "
-            "processes with: torchrun --nproc_per_node N -m internimage.cli.main train ..."
+            "--set section.key=value overrides, then the explicit flags below. On a CPU, "
+            "--processes N trains in N local worker processes that share each batch (the "
+            "Fashion-MNIST preset uses one per core). Several machines or GPUs: torchrun "
+            "--nproc_per_node N -m internimage.cli.main train ..."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -91,6 +94,8 @@ def add_parser(subparsers: Any) -> None:
     group.add_argument("--seed")
     group.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     group.add_argument("--strategy", choices=["ddp", "fsdp"])
+    group.add_argument("--processes",
+                       help="CPU worker processes sharing each batch: N or 'auto' (one per core)")
     group.add_argument("--output-dir", dest="output_dir")
     group.add_argument("--name", help="run folder name (default: a UTC timestamp)")
     group.add_argument("--checkpoint-every", dest="checkpoint_every",

@@ -191,8 +191,8 @@ class TrainConfig:
         augment: Training augmentation and target mixing.
         optim: Optimiser.
         schedule: Learning-rate schedule.
-        batch_size: Images per process per micro-batch; the total batch is
-            ``batch_size * world_size * accum_steps``.
+        batch_size: Images per micro-batch of each torchrun process (shared by its local
+            ``processes``); the total batch is ``batch_size * torchrun processes * accum_steps``.
         accum_steps: Micro-batches accumulated per optimiser step.
         amp: Mixed precision: ``auto`` (fp16 with loss scaling on CUDA, none on CPU), ``none``,
             ``bf16`` (autocast) or ``fp16`` (autocast + GradScaler; CUDA only).
@@ -202,6 +202,10 @@ class TrainConfig:
         seed: Seed of weights, data order and augmentation.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         strategy: ``ddp`` or ``fsdp`` when launched with several processes (torchrun).
+        processes: Worker processes the run starts on this machine for CPU training, sharing
+            each batch of ``batch_size`` images (so the run is the same run, only faster: on a
+            CPU, N single-threaded processes outrun one process with N threads). ``auto``: one
+            per CPU core, at most one per 32 images; 1 on GPUs and under torchrun.
         output_dir: Parent folder of run folders.
         name: Run folder name; None = a timestamp.
         checkpoint_every: Also write ``last.pt`` every N optimiser steps (0: only at epoch ends).
@@ -223,6 +227,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     strategy: str = "ddp"
+    processes: int | str = 1
     output_dir: str = "runs"
     name: str | None = None
     checkpoint_every: int = 0
@@ -239,6 +244,16 @@ class TrainConfig:
             raise ValueError(f"strategy must be one of {_STRATEGIES}, got {self.strategy!r}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
+        if self.processes != "auto":
+            if not isinstance(self.processes, int) or isinstance(self.processes, bool) or (
+                self.processes < 1
+            ):
+                raise ValueError(f"processes must be 'auto' or >= 1, got {self.processes!r}")
+            if self.batch_size % self.processes:
+                raise ValueError(
+                    f"processes={self.processes} must divide batch_size={self.batch_size}: the "
+                    "workers share each batch"
+                )
         if self.checkpoint_every < 0 or self.eval_every < 1 or self.log_every < 1:
             raise ValueError("checkpoint_every >= 0, eval_every >= 1 and log_every >= 1 required")
 
@@ -267,6 +282,7 @@ PRESETS: dict[str, TrainConfig] = {
         schedule=ScheduleConfig(epochs=11, warmup_epochs=0.5, warmup_lr=1e-5, min_lr=1e-5),
         batch_size=128,
         ema_decay=None,
+        processes="auto",
         log_every=20,
     ),
     # The upstream ImageNet-1K from-scratch recipe for InternImage-T (set data.root).

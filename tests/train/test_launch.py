@@ -1,0 +1,116 @@
+"""Local worker processes sharing each batch (``TrainConfig.processes``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_settings import PARALLEL_SETTINGS, step_losses
+
+from internimage.train import Trainer, apply_overrides, load_training_checkpoint
+from internimage.train import launch as launch_module
+from internimage.train.config import PRESETS, TrainConfig
+from internimage.train.launch import resolve_processes
+
+CPU = torch.device("cpu")
+
+
+def _config(*extra: str) -> TrainConfig:
+    return apply_overrides(PRESETS["fashion-mnist"], list(extra))
+
+
+@pytest.mark.parametrize(
+    ("cores", "batch", "expected"),
+    [
+        (2, 128, 2),   # the main job on two cores
+        (8, 128, 4),   # at least 32 images per worker
+        (6, 128, 4),   # a divisor of the batch
+        (16, 96, 3),
+        (2, 16, 1),    # too small a batch to share
+        (1, 128, 1),
+    ],
+)
+def test_auto_takes_one_worker_per_core_within_the_batch(
+    monkeypatch: pytest.MonkeyPatch, cores: int, batch: int, expected: int
+) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(launch_module, "_usable_cores", lambda: cores)
+    config = _config("processes=auto", f"batch_size={batch}")
+    assert resolve_processes(config, CPU) == expected
+
+
+def test_auto_is_one_process_on_gpus_and_under_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launch_module, "_usable_cores", lambda: 8)
+    config = _config("processes=auto", "batch_size=128")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert resolve_processes(config, torch.device("cuda", 0)) == 1
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert resolve_processes(config, CPU) == 1
+
+
+def test_explicit_worker_counts_that_cannot_work_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = _config("processes=2", "batch_size=128")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="torchrun"):
+        resolve_processes(config, CPU)
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(ValueError, match="CPU training"):
+        resolve_processes(config, torch.device("cuda", 0))
+    assert resolve_processes(config, CPU) == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("0", "processes must be"), ("many", "processes must be"), ("3", "must divide batch_size")],
+)
+def test_bad_process_settings_name_the_problem(value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _config(f"processes={value}", "batch_size=16")
+
+
+def test_two_workers_train_the_same_run_as_one_process(tmp_path: Path) -> None:
+    """Two workers sharing batches of 16 follow the single-process run step for step, report
+    through the caller's echo, and a resumed run starts its workers again. The tolerance is the
+    torchrun comparison's in test_distributed.py: the runs differ in summation order only."""
+    single = Trainer(_config(*PARALLEL_SETTINGS, f"output_dir={tmp_path}", "name=single")).fit()
+    lines: list[str] = []
+    trainer = Trainer(
+        _config(*PARALLEL_SETTINGS, "processes=2", f"output_dir={tmp_path}", "name=workers"),
+        echo=lines.append,
+    )
+    result = trainer.fit()
+    assert result.run_dir == tmp_path / "workers"
+    assert trainer.ctx.is_main and trainer.ctx.world_size == 2
+    assert any("total batch 16" in line and "2 process(es)" in line for line in lines), lines
+    assert any(line.startswith("epoch 2/2:") for line in lines), lines
+    saved = json.loads((result.run_dir / "config.json").read_text())
+    assert saved["processes"] == 2 and saved["batch_size"] == 16
+
+    expected, got = step_losses(single.run_dir), step_losses(result.run_dir)
+    assert len(expected) == len(got) == 8
+    assert expected[0] - min(expected) > 0.05  # the run does learn
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=1e-4, atol=1e-5)
+    weights = load_training_checkpoint(result.last_checkpoint)["model"]
+    for name, value in load_training_checkpoint(single.last_checkpoint)["model"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(weights[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+    resumed = Trainer(
+        resume=result.run_dir, config_overrides={"schedule": {"epochs": 3}}
+    ).fit()
+    state = load_training_checkpoint(resumed.last_checkpoint)
+    assert state["global_step"] == 12
+    assert len(state["rng"]) == 2  # both workers' random streams were saved again
+
+
+def test_a_failing_worker_stops_the_run_with_a_clear_error(tmp_path: Path) -> None:
+    config = _config(
+        *PARALLEL_SETTINGS, "processes=2", "data.dataset=fashion-mnist",
+        f"data.root={tmp_path / 'missing'}", f"output_dir={tmp_path}",
+    )
+    with pytest.raises(RuntimeError, match=r"training worker \d of 2 failed"):
+        Trainer(config).fit()
