@@ -92,9 +92,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _worker_main(job_dir: Path) -> None:
-    """One worker (``python -m internimage.train.launch JOB_DIR``, environment set by
-    :func:`run_local_workers`): train, and rank 0 leaves its result in ``JOB_DIR``."""
+def worker_main(job_dir: str | Path) -> None:
+    """One worker, started by :func:`run_local_workers` with its environment set: train, and
+    rank 0 leaves its result in ``job_dir``."""
+    job_dir = Path(job_dir)
     threads = int(os.environ["OMP_NUM_THREADS"])
     torch.set_num_threads(threads)
     import numba
@@ -142,7 +143,13 @@ def run_local_workers(
         job_dir = Path(tmp)
         with open(job_dir / "job.pkl", "wb") as file:
             pickle.dump(trainer_kwargs, file)
-        command = [sys.executable, "-m", "internimage.train.launch", str(job_dir)]
+        # Not ``-m internimage.train.launch``: the package imports this module, and running an
+        # imported module as __main__ makes runpy warn.
+        entry = (
+            "import sys; from internimage.train.launch import worker_main; "
+            "worker_main(sys.argv[1])"
+        )
+        command = [sys.executable, "-c", entry, str(job_dir)]
         workers = [
             subprocess.Popen(
                 command, env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)),
@@ -197,7 +204,3 @@ def _stop(workers: list[subprocess.Popen]) -> None:
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
-
-
-if __name__ == "__main__":
-    _worker_main(Path(sys.argv[1]))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -259,7 +261,17 @@ class Trainer:
         device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
         # No buffer broadcast before each forward: the only buffers are batch-norm statistics,
         # which the cross-process batch norms above keep equal on every process already.
-        return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+        # (torch 2.13 renamed the option.)
+        no_buffer_sync = (
+            {"forward_sync_buffers": False}
+            if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            else {"broadcast_buffers": False}
+        )
+        # DDP compares each gradient's strides with its parameter's literally, and the CPU
+        # convolutions give weight gradients that differ only in the strides of size-1
+        # dimensions (the same memory order); the warning would print once per process.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        return DistributedDataParallel(model, device_ids=device_ids, **no_buffer_sync)
 
     # ------------------------------------------------------------------------------ state i/o
     def _model_state(self) -> dict[str, torch.Tensor]:
