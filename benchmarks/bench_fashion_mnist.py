@@ -119,6 +119,8 @@ def main() -> None:
         "best_top1": result.best_top1,
         "target_top1": args.target,
         "target_met": top1 >= args.target,
+        # The EMA of the weights is evaluated too when the run keeps one (ema_decay set).
+        "test_top1_ema": float(result.final["ema_top1"]) if "ema_top1" in result.final else None,
         "wall_time_s": round(result.total_time_s, 1),
         "dcnv3_backend": os.environ.get("INTERNIMAGE_DCNV3_BACKEND", "auto"),
         "machine": machine_info(resolve_device(config.device)),
@@ -137,6 +139,10 @@ def main() -> None:
         f"- test top-1: **{top1:.2f}%** (top-5 {record['test_top5']:.2f}%, best epoch "
         f"{result.best_top1:.2f}%); target {args.target:.1f}%: "
         f"{'met' if record['target_met'] else 'NOT met'}",
+        *(
+            [f"- test top-1 of the weight EMA: {record['test_top1_ema']:.2f}%"]
+            if record["test_top1_ema"] is not None else []
+        ),
         f"- wall time: {result.total_time_s / 60:.1f} min on {_where(record['machine'])}",
         f"- versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}",
         "",
