@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,3 +117,20 @@ def test_a_failing_worker_stops_the_run_with_a_clear_error(tmp_path: Path) -> No
     )
     with pytest.raises(RuntimeError, match=r"training worker \d of 2 failed"):
         Trainer(config).fit()
+
+
+def test_a_dead_worker_is_noticed_while_rank_0_waits_silently() -> None:
+    """Rank 0 blocked in a collective prints nothing; the death of another worker must still end
+    the run promptly rather than after gloo's half-hour timeout."""
+    waiting = "import time; time.sleep(120)"
+    workers = [
+        subprocess.Popen([sys.executable, "-c", waiting], stdout=subprocess.PIPE, text=True),
+        subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"]),
+    ]
+    started = time.monotonic()
+    try:
+        assert launch_module._follow(workers, print) == 1
+    finally:
+        launch_module._stop(workers)
+    assert time.monotonic() - started < 30
+    assert workers[0].returncode is not None and workers[1].returncode == 3
