@@ -265,9 +265,11 @@ PRESETS: dict[str, TrainConfig] = {
     # 16x16 maps in the first stage (32 px would leave 2x2 and 1x1 maps for the last two stages,
     # which learns markedly worse for the same time). Light augmentation: the images are centred
     # and upright, so padded crops and flips only; no mixing or photometric changes. Sized to
-    # finish in minutes on two CPU cores: 11 epochs gave 90.55% test top-1 in 8.3 minutes. Runs
-    # that differ only in float rounding (thread counts, kernel versions) land within about
-    # +-0.2 points of each other; 9-10 epochs gave 89.9-90.45%, too close to 90%.
+    # finish in minutes on two CPU cores: 11 epochs gave 90.55% test top-1 in 8.3 minutes on a
+    # Zen 4 host (one process) and 91.05% in 14.6 minutes on a slower Zen 3 host (two worker
+    # processes; 48 px there took 10.6 minutes for 89.95%). Runs that differ only in float
+    # rounding (thread counts, kernel versions) land within about +-0.2 points of each other;
+    # 9-10 epochs gave 89.9-90.45%, too close to 90%.
     "fashion-mnist": TrainConfig(
         model=ModelConfig(name="internimage_atto", drop_path_rate=0.0, depths=(2, 2, 6, 2)),
         data=DataConfig(
