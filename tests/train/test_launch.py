@@ -44,6 +44,33 @@ def test_auto_takes_one_worker_per_core_within_the_batch(
     assert resolve_processes(config, CPU) == expected
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [("200000 100000\n", 2), ("150000 100000\n", 1), ("50000 100000\n", 1),
+     ("max 100000\n", None), ("garbage\n", None)],
+)
+def test_a_container_cpu_quota_caps_the_worker_count(
+    tmp_path: Path, content: str, expected: int | None
+) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text(content)
+    assert launch_module._cgroup_cpu_limit(cpu_max) == expected
+    assert launch_module._cgroup_cpu_limit(tmp_path / "absent") is None
+
+
+def test_usable_cores_take_the_smaller_of_affinity_and_quota(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    monkeypatch.setattr(launch_module, "_CGROUP_CPU_MAX", cpu_max)
+    monkeypatch.setattr(launch_module.os, "sched_getaffinity", lambda pid: set(range(16)),
+                        raising=False)
+    cpu_max.write_text("400000 100000\n")
+    assert launch_module._usable_cores() == 4
+    cpu_max.write_text("max 100000\n")
+    assert launch_module._usable_cores() == 16
+
+
 def test_auto_is_one_process_on_gpus_and_under_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(launch_module, "_usable_cores", lambda: 8)
     config = _config("processes=auto", "batch_size=128")

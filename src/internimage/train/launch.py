@@ -44,10 +44,33 @@ LOCAL_WORKERS_ENV = "INTERNIMAGE_LOCAL_WORKERS"
 _MIN_IMAGES_PER_WORKER = 32
 
 
+# cgroup v2 CPU limit of this process's container: "QUOTA PERIOD" or "max PERIOD".
+_CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def _cgroup_cpu_limit(path: Path | None = None) -> int | None:
+    """Whole CPUs a cgroup v2 quota allows (at least 1), or None without a quota."""
+    try:
+        quota, period = (path or _CGROUP_CPU_MAX).read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return max(1, int(quota) // int(period))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
 def _usable_cores() -> int:
+    """CPUs this process may use: its affinity mask, capped by a container's CPU quota (a
+    container often sees every core of the host but may only use a few)."""
     if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit()
+    return max(1, min(cores, limit) if limit is not None else cores)
 
 
 def _under_external_launcher() -> bool:
