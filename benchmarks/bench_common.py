@@ -19,6 +19,27 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def cpu_features() -> dict[str, Any]:
+    """CPU family/model numbers and the vector extensions that matter here (hosts sold under one
+    model name differ by generation, and AVX-512 roughly doubles some kernels' speed)."""
+    info: dict[str, Any] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key in ("cpu family", "model") and key.replace(" ", "_") not in info:
+            info[key.replace(" ", "_")] = value
+        elif key == "flags":
+            flags = set(value.split())
+            info["avx2"] = "avx2" in flags
+            info["avx512f"] = "avx512f" in flags
+            break
+    return info
+
+
 def machine_info(device: Any) -> dict[str, Any]:
     """Where a benchmark ran: platform, CPU, threads, load at start, and the GPU when one is used.
 
@@ -30,6 +51,7 @@ def machine_info(device: Any) -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "cpu": cpu_model(),
+        **cpu_features(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }

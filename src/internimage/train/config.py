@@ -203,9 +203,9 @@ class TrainConfig:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         strategy: ``ddp`` or ``fsdp`` when launched with several processes (torchrun).
         processes: Worker processes the run starts on this machine for CPU training, sharing
-            each batch of ``batch_size`` images (so the run is the same run, only faster: on a
-            CPU, N single-threaded processes outrun one process with N threads). ``auto``: one
-            per CPU core, at most one per 32 images; 1 on GPUs and under torchrun.
+            each batch of ``batch_size`` images and the cores (the same run, often faster: small
+            models use N cores better as N processes than as N threads of one). ``auto``: one per
+            usable CPU core, at most one per 32 images; 1 on GPUs and under torchrun.
         output_dir: Parent folder of run folders.
         name: Run folder name; None = a timestamp.
         checkpoint_every: Also write ``last.pt`` every N optimiser steps (0: only at epoch ends).
