@@ -19,6 +19,27 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def library_versions(*packages: str) -> dict[str, str]:
+    """Versions of Python, torch, internimage and each of ``packages`` that is installed."""
+    import importlib
+
+    import torch
+
+    import internimage
+
+    versions = {
+        "internimage": internimage.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    for name in packages:
+        try:
+            versions[name] = importlib.import_module(name).__version__
+        except ImportError:
+            pass
+    return versions
+
+
 def cpu_features() -> dict[str, Any]:
     """CPU family/model numbers and the vector extensions that matter here (hosts sold under one
     model name differ by generation, and AVX-512 roughly doubles some kernels' speed)."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 from datetime import datetime, timezone
@@ -31,31 +30,13 @@ from pathlib import Path
 # against each other (see internimage/__init__.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch
 
-from bench_common import machine_info
+from bench_common import library_versions, machine_info
 from internimage.files import atomic_write_bytes, atomic_write_text
 from internimage.train import PRESETS, Trainer, apply_overrides, config_to_dict
 from internimage.train.distributed import resolve_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _versions() -> dict[str, str]:
-    import kornia
-    import numba
-    import numpy
-
-    import internimage
-
-    return {
-        "internimage": internimage.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "numba": numba.__version__,
-        "kornia": kornia.__version__,
-    }
 
 
 def _where(machine: dict[str, object]) -> str:
@@ -124,7 +105,7 @@ def main() -> None:
         "wall_time_s": round(result.total_time_s, 1),
         "dcnv3_backend": os.environ.get("INTERNIMAGE_DCNV3_BACKEND", "auto"),
         "machine": machine_info(resolve_device(config.device)),
-        "versions": _versions(),
+        "versions": library_versions("numpy", "numba", "kornia"),
         "config": config_to_dict(config),
         "curves": plot.name,
         "command": command,

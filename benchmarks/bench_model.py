@@ -38,8 +38,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
-import internimage
-from bench_common import machine_info
+from bench_common import library_versions, machine_info
 from internimage.files import atomic_write_text
 from internimage.models import count_macs, create_model
 from internimage.ops import available_backends, use_backend
@@ -78,18 +77,6 @@ def matmul_rate(
     inner = 1 if device.type == "cpu" else 20
     times = _median_time(lambda: [a @ b for _ in range(inner)], device, 1, repeats)
     return 2 * size**3 * inner / statistics.median(times)
-
-
-def _versions() -> dict[str, str]:
-    versions = {"python": sys.version.split()[0], "torch": torch.__version__,
-                "internimage": internimage.__version__}
-    for name in ("numba", "triton"):
-        try:
-            module = __import__(name)
-            versions[name] = module.__version__
-        except ImportError:
-            pass
-    return versions
 
 
 def bench_backends(
@@ -235,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine,
-        "versions": _versions(),
+        "versions": library_versions("numba", "triton"),
         "settings": {"model": args.model, "device": args.device, "dtype": args.dtype,
                      "batch": args.batch, "image_size": args.image_size, "warmup": args.warmup,
                      "repeats": args.repeats, "matmul_dtype": str(matmul_dtype)},

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -31,25 +30,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
-from bench_common import machine_info
+from bench_common import library_versions, machine_info
 from internimage.files import atomic_write_text
 from internimage.train import PRESETS, Trainer, apply_overrides
 from internimage.train.launch import resolve_processes
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _versions() -> dict[str, str]:
-    import numba
-
-    import internimage
-
-    return {
-        "internimage": internimage.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numba": numba.__version__,
-    }
 
 
 def main() -> None:
@@ -100,7 +86,7 @@ def main() -> None:
         "top1_workers": top1["auto"],
         "speedup_of_medians": round(ratio, 3),
         "machine": machine_info(torch.device("cpu")),
-        "versions": _versions(),
+        "versions": library_versions("numba"),
         "overrides": args.overrides,
         "command": shlex.join(["python", "benchmarks/bench_train_workers.py", *sys.argv[1:]]),
     }

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from bench_common import library_versions
 from internimage.files import atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -298,20 +299,6 @@ def _launch(stage: StageShape, dtype: torch.dtype, backward: bool) -> dict[str, 
     return config._asdict()
 
 
-def _versions() -> dict[str, str]:
-    import triton
-
-    import internimage
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda_runtime": str(torch.version.cuda),
-        "internimage": getattr(internimage, "__version__", "unknown"),
-    }
-
-
 def run_gpu_section(args: argparse.Namespace) -> dict[str, Any]:
     """Benchmark the operator on the current CUDA device.
 
@@ -385,7 +372,7 @@ def run_gpu_section(args: argparse.Namespace) -> dict[str, Any]:
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": device_name,
         "machine": platform.node(),
-        "versions": _versions(),
+        "versions": {**library_versions("triton"), "cuda_runtime": str(torch.version.cuda)},
         "batch": batch,
         "repeats": repeats,
         "measured_copy_bandwidth_gbs": measured / 1e9,
