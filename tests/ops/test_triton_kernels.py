@@ -456,7 +456,12 @@ def gpu_benchmark():  # type: ignore[no-untyped-def]
     module = importlib.util.module_from_spec(spec)
     # Dataclasses resolve their annotations through sys.modules.
     sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    # As when it runs as a script, its folder is on the path for its helper module.
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
     return module
 
 
