@@ -5,8 +5,19 @@ Imported by the test modules of this folder (pytest puts the folder on ``sys.pat
 from __future__ import annotations
 
 import csv
-import socket
 from pathlib import Path
+
+from internimage.train.launch import free_port
+
+__all__ = [
+    "NO_AUGMENTATION",
+    "PARALLEL_SETTINGS",
+    "SGD_LIKE",
+    "TINY_SETTINGS",
+    "free_port",
+    "set_args",
+    "step_losses",
+]
 
 # A one-block-per-stage network on 32-pixel images, 64 training images in batches of 16:
 # 4 optimiser steps per epoch.
@@ -62,10 +73,3 @@ def set_args(assignments: list[str]) -> list[str]:
     for assignment in assignments:
         out += ["--set", assignment]
     return out
-
-
-def free_port() -> int:
-    """A TCP port that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

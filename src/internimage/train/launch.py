@@ -36,7 +36,13 @@ if TYPE_CHECKING:
     from internimage.train.config import TrainConfig
     from internimage.train.trainer import RunResult
 
-__all__ = ["LOCAL_WORKERS_ENV", "local_worker_count", "resolve_processes", "run_local_workers"]
+__all__ = [
+    "LOCAL_WORKERS_ENV",
+    "free_port",
+    "local_worker_count",
+    "resolve_processes",
+    "run_local_workers",
+]
 
 #: Set in each worker's environment to the number of workers that share the batch.
 LOCAL_WORKERS_ENV = "INTERNIMAGE_LOCAL_WORKERS"
@@ -113,7 +119,8 @@ def local_worker_count() -> int:
     return int(os.environ.get(LOCAL_WORKERS_ENV, "1"))
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on the loopback interface that is free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -162,7 +169,7 @@ def run_local_workers(
     """
     threads = max(1, _usable_cores() // count)
     env = dict(
-        os.environ, WORLD_SIZE=str(count), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+        os.environ, WORLD_SIZE=str(count), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
         OMP_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads),
         **{LOCAL_WORKERS_ENV: str(count)},
     )
@@ -199,9 +206,6 @@ def run_local_workers(
             return pickle.load(file)
 
 
-_NOTHING_YET = object()
-
-
 def _follow(workers: list[subprocess.Popen], echo: Callable[[str], None]) -> int | None:
     """Pass rank 0's lines to ``echo`` until every worker ends; the first failed rank, if any.
 
@@ -221,14 +225,14 @@ def _follow(workers: list[subprocess.Popen], echo: Callable[[str], None]) -> int
     output_open = True
     while True:
         try:
-            line: str | None | object = lines.get(timeout=0.2)
+            line = lines.get(timeout=0.2)
         except queue.Empty:
-            line = _NOTHING_YET
-        if line is None:
+            pass
+        else:
+            if line is not None:
+                echo(line)
+                continue
             output_open = False
-        elif isinstance(line, str):
-            echo(line)
-            continue
         failed = _first_failure(workers)
         if failed is not None:
             return failed

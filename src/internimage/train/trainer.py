@@ -370,7 +370,8 @@ class Trainer:
         """Train (or continue) to the configured number of epochs; returns the outputs."""
         cfg = self.config
         if LOCAL_WORKERS_ENV not in os.environ:
-            device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+            # Only the device type matters here; init_distributed picks the index below.
+            device = resolve_device(cfg.device)
             workers = resolve_processes(cfg, device)
             if workers > 1:
                 return self._fit_in_workers(workers, device)
@@ -623,10 +624,9 @@ class Trainer:
         """Mean of ``value`` over the processes (every process must call it at the same point)."""
         if not self.ctx.enabled:
             return value
-        total = torch.tensor([value], dtype=torch.float64)
-        if self.ctx.device.type == "cuda":  # nccl reduces device tensors only
-            total = total.to(self.ctx.device)
-        return float(all_reduce_sum(total).cpu()) / self.ctx.world_size
+        # On the training device: nccl reduces device tensors only.
+        total = torch.tensor([value], dtype=torch.float64, device=self.ctx.device)
+        return float(all_reduce_sum(total)) / self.ctx.world_size
 
     def _evaluate_all(
         self,
