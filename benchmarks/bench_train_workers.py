@@ -73,7 +73,10 @@ def main() -> None:
                 top1[name].append(float(result.final["val_top1"]))
                 print(f"processes={name}: {times[name][-1]:.1f} s, top-1 {top1[name][-1]:.2f}%",
                       flush=True)
-    workers = resolve_processes(config, torch.device("cpu"))
+    workers = resolve_processes(
+        apply_overrides(PRESETS["fashion-mnist"], ["processes=auto", *args.overrides]),
+        torch.device("cpu"),
+    )
     ratio = statistics.median(times["1"]) / statistics.median(times["auto"])
     record = {
         "benchmark": "CPU training: local worker processes vs one multi-threaded process",
