@@ -101,13 +101,14 @@ def _compare_with_reference(
 
 
 @contextmanager
-def _numba_threads(count: int) -> Iterator[None]:
-    previous = numba.get_num_threads()
-    numba.set_num_threads(count)
+def _torch_threads(count: int) -> Iterator[None]:
+    # The kernels take torch's thread count (internimage.ops.threads).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
     try:
         yield
     finally:
-        numba.set_num_threads(previous)
+        torch.set_num_threads(previous)
 
 
 # (N, H, W, D, geometry, spread): awkward channel counts (D below, at and above the kernels'
@@ -335,7 +336,7 @@ def test_deterministic_across_thread_counts_and_runs(channels: int) -> None:
     tensors = _case(3, 12, 10, channels, geometry, torch.float32, spread=3.0)
     results = []
     for threads in (1, numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS):
-        with _numba_threads(threads):
+        with _torch_threads(threads):
             results.append(_with_grads(_numba_op, *tensors, geometry))
     for other in results[1:]:
         for name, a, b in zip(RESULTS,

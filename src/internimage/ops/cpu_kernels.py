@@ -76,6 +76,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from internimage.ops.geometry import DCNv3Geometry
+from internimage.ops.threads import match_torch_threads
 
 __all__ = ["backward", "forward"]
 
@@ -785,6 +786,7 @@ def forward(
     group = geometry.group
     np_dtype = np.float64 if compute == torch.float64 else np.float32
     tables = _tables(geometry, h, w, c // geometry.group, ho, wo, np_dtype)
+    match_torch_threads()
     _forward_kernel(
         _flat(input, compute), _flat(offset, compute), _flat(mask, compute), out.view(-1).numpy(),
         tables.corners_like, n, h, w, group, c // group, ho, wo, geometry.points, tables.row_y,
@@ -829,6 +831,7 @@ def backward(
     # Whole images per task keep each input line's groups together in cache; split the groups
     # only as far as needed for some parallelism on small batches.
     group_chunks = min(group, -(-_MIN_BACKWARD_TASKS // n))
+    match_torch_threads()
     _backward_kernel(
         _flat(grad_output, compute), _flat(input, compute), _flat(offset, compute),
         _flat(mask, compute), grad_input.view(-1).numpy(), grad_offset.view(-1).numpy(),

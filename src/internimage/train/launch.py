@@ -130,11 +130,8 @@ def worker_main(job_dir: str | Path) -> None:
     """One worker, started by :func:`run_local_workers` with its environment set: train, and
     rank 0 leaves its result in ``job_dir``."""
     job_dir = Path(job_dir)
-    threads = int(os.environ["OMP_NUM_THREADS"])
-    torch.set_num_threads(threads)
-    import numba
-
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    # The numba kernels follow torch's thread count (internimage.ops.threads).
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
     from internimage.train.distributed import shutdown_distributed
     from internimage.train.trainer import Trainer
