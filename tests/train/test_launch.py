@@ -161,3 +161,39 @@ def test_a_dead_worker_is_noticed_while_rank_0_waits_silently() -> None:
         launch_module._stop(workers)
     assert time.monotonic() - started < 30
     assert workers[0].returncode is not None and workers[1].returncode == 3
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether ``pid`` has ended (gone, or a zombie that nobody has reaped yet)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return any(line.split()[1:2] == ["Z"] for line in status.splitlines()
+               if line.startswith("State:"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_a_worker_ends_when_its_launcher_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of the launching process leaves no orphaned worker training on."""
+    child = (
+        "import os, time; from internimage.train.launch import exit_with_parent; "
+        "exit_with_parent(os.getppid(), interval_s=0.05); print(os.getpid(), flush=True); "
+        "time.sleep(120)"
+    )
+    launcher = (
+        "import subprocess, sys, time; "
+        f"subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(120)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        worker_pid = int(parent.stdout.readline())
+        assert not _has_exited(worker_pid)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 20
+    while not _has_exited(worker_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _has_exited(worker_pid)

@@ -21,11 +21,13 @@ from __future__ import annotations
 import os
 import pickle
 import queue
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LOCAL_WORKERS_ENV",
+    "exit_with_parent",
     "free_port",
     "local_worker_count",
     "resolve_processes",
@@ -46,6 +49,8 @@ __all__ = [
 
 #: Set in each worker's environment to the number of workers that share the batch.
 LOCAL_WORKERS_ENV = "INTERNIMAGE_LOCAL_WORKERS"
+#: Set in each worker's environment to the id of the process that started it.
+_PARENT_PID_ENV = "INTERNIMAGE_LAUNCHER_PID"
 
 # Fewer images than this per worker make the per-worker matrix products too small to gain.
 _MIN_IMAGES_PER_WORKER = 32
@@ -126,9 +131,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def exit_with_parent(parent_pid: int, interval_s: float = 1.0) -> None:
+    """End this process (SIGTERM) once ``parent_pid`` is no longer its parent.
+
+    A launcher that is killed (SIGKILL, or SIGTERM, which ends Python without running any
+    cleanup) cannot stop its workers, and they would train on for the rest of the run holding
+    every core. A daemon thread checks the parent every ``interval_s`` seconds; a parent that is
+    already gone when it starts is noticed at once.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="internimage-parent-watch", daemon=True).start()
+
+
 def worker_main(job_dir: str | Path) -> None:
     """One worker, started by :func:`run_local_workers` with its environment set: train, and
     rank 0 leaves its result in ``job_dir``."""
+    exit_with_parent(int(os.environ[_PARENT_PID_ENV]))
     job_dir = Path(job_dir)
     # The numba kernels follow torch's thread count (internimage.ops.threads).
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -168,7 +191,7 @@ def run_local_workers(
     env = dict(
         os.environ, WORLD_SIZE=str(count), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
         OMP_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads),
-        **{LOCAL_WORKERS_ENV: str(count)},
+        **{LOCAL_WORKERS_ENV: str(count), _PARENT_PID_ENV: str(os.getpid())},
     )
     with tempfile.TemporaryDirectory(prefix="internimage-workers-") as tmp:
         job_dir = Path(tmp)
