@@ -10,33 +10,9 @@ from torch import nn
 
 from internimage.layers.norm import layer_norm_nchw_to_nhwc
 from internimage.ops import dcnv3
-from internimage.ops.depthwise_conv import depthwise_conv_nhwc
 from internimage.ops.geometry import DCNv3Geometry
 
-__all__ = ["DCNv3", "DepthwiseConv2d"]
-
-
-class DepthwiseConv2d(nn.Conv2d):
-    """Depthwise k x k ``nn.Conv2d`` (stride 1, zero "same" padding) computed channels-last.
-
-    Same parameters, state-dict keys and NCHW interface as ``nn.Conv2d(C, C, k, 1, k // 2,
-    groups=C)``. The block hands it a channels-last view (``[N, H, W, C]`` permuted), and
-    :func:`~internimage.ops.depthwise_conv.depthwise_conv_nhwc` works in that memory order;
-    its CPU kernels replace oneDNN's, whose backward is slow on the small maps of late stages.
-
-    Args:
-        channels: Width C.
-        kernel_size: Odd side k.
-    """
-
-    def __init__(self, channels: int, kernel_size: int) -> None:
-        super().__init__(channels, channels, kernel_size, 1, (kernel_size - 1) // 2,
-                         groups=channels)
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        """``[N, C, H, W]`` (any memory order) -> ``[N, C, H, W]`` (channels-last memory)."""
-        out = depthwise_conv_nhwc(input.permute(0, 2, 3, 1), self.weight, self.bias)
-        return out.permute(0, 3, 1, 2)
+__all__ = ["DCNv3"]
 
 
 class _PointSoftmax(torch.autograd.Function):
@@ -122,7 +98,7 @@ class DCNv3(nn.Module):
         self.points = points
 
         self.dw_conv = nn.Sequential(
-            DepthwiseConv2d(channels, dw_kernel),
+            nn.Conv2d(channels, channels, dw_kernel, 1, (dw_kernel - 1) // 2, groups=channels),
             layer_norm_nchw_to_nhwc(channels),
             nn.GELU(),
         )
