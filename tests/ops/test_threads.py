@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numba
 import pytest
 import torch
@@ -34,3 +38,24 @@ def test_kernels_take_torch_thread_count(restore_threads) -> None:  # type: igno
     torch.set_num_threads(most + 1)
     _forward_and_backward()
     assert numba.get_num_threads() == most
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "1"), ("2", "2")])
+def test_numba_pool_is_sized_by_torch_threads_unless_set(
+    preset: str | None, expected: str
+) -> None:
+    """In a fresh process whose torch uses one thread, numba's pool gets one thread, unless
+    NUMBA_NUM_THREADS says otherwise."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS")}
+    if preset is not None:
+        env["NUMBA_NUM_THREADS"] = preset
+    script = (
+        "import torch; torch.set_num_threads(1); "
+        "from internimage.ops import dcnv3; "
+        "dcnv3(torch.randn(1, 3, 3, 2), torch.zeros(1, 3, 3, 18), torch.ones(1, 3, 3, 9), "
+        "group=1); "
+        "import numba; print(numba.config.NUMBA_NUM_THREADS, numba.get_num_threads())"
+    )
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.split() == [expected, "1"]

@@ -70,13 +70,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from llvmlite import ir
-from numba import njit, prange, types, uint64
-from numba.core import cgutils
-from numba.extending import intrinsic
 
 from internimage.ops.geometry import DCNv3Geometry
-from internimage.ops.threads import match_torch_threads
+from internimage.ops.threads import match_torch_threads, size_numba_pool
+
+size_numba_pool()  # before numba loads: its pool size is read at import
+
+from llvmlite import ir  # noqa: E402
+from numba import njit, prange, types, uint64  # noqa: E402
+from numba.core import cgutils  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
 
 __all__ = ["backward", "forward"]
 
