@@ -4,9 +4,9 @@ numba sizes its pool by the number of cores (``NUMBA_NUM_THREADS``), whatever
 ``torch.set_num_threads`` or ``OMP_NUM_THREADS`` say. Where several single-threaded processes
 share the cores (``torchrun --nproc_per_node N`` sets ``OMP_NUM_THREADS=1``), numba's extra
 threads then compete with the other processes. Two such processes on two cores, each with one
-torch thread, took 2.3-2.9 s per training step of the main job's model with torch imported first
-(numba's idle threads then spin) and about 0.8 s with ``internimage`` imported first; with both
-measures below, 0.34-0.44 s.
+torch thread, took 2.3-2.9 s per training step of InternImage-atto (depths 2-2-6-2, 64 px,
+batch 64) with torch imported first (numba's idle threads then spin) and about 0.8 s with
+``internimage`` imported first; with both measures below, 0.34-0.44 s.
 
 Two measures: :func:`size_numba_pool` gives numba's pool torch's thread count when numba loads
 (the kernels load it on first use), unless ``NUMBA_NUM_THREADS`` is set; and

@@ -3,10 +3,11 @@
 On a CPU, one training process with N threads uses its cores poorly for small models: most
 operations are too small to split well across threads, and the Python and autograd work between
 them runs on one core. N single-threaded processes, each taking 1/N of every batch and averaging
-gradients (DDP over gloo), keep the cores busier: on two cores, InternImage-atto's bare training
-steps at 64 px ran about 1.4x faster, but whole one-epoch runs of the Fashion-MNIST main job
-(augmentation, synchronisation, evaluation and the workers' start-up included) only about 1.06x
-(``benchmarks/results/train_workers.md``). The run stays the same run:
+gradients (DDP over gloo), can keep the cores busier. On two cores the gain is small and varies:
+InternImage-atto's bare training steps at 64 px ran about 1.4x faster, but whole one-epoch runs
+of the Fashion-MNIST main job (augmentation, synchronisation, evaluation and the workers'
+start-up included) gave 0.89-1.06x (``benchmarks/results/train_workers.md``), and the whole
+11-epoch main job about 1.1x. The run stays the same run:
 the total batch, the learning rate and the order of the images do not depend on the number of
 workers (see :class:`ShardedBatchSampler`); only float rounding and the augmentation's random
 draws differ.
