@@ -91,8 +91,6 @@ def test_global_batchnorm_matches_batchnorm_over_the_whole_batch() -> None:
                                atol=1e-4)
 
 
-
-
 def _single_process_run(tmp_path: Path) -> Path:
     """Train PARALLEL_SETTINGS in this process; returns the run folder."""
     result = Trainer(

@@ -154,8 +154,8 @@ def worker_main(job_dir: str | Path) -> None:
     rank 0 leaves its result in ``job_dir``."""
     exit_with_parent(int(os.environ[_PARENT_PID_ENV]))
     job_dir = Path(job_dir)
-    # The numba kernels follow torch's thread count (internimage.ops.threads).
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    # torch takes its thread count from OMP_NUM_THREADS, and the numba kernels follow torch's
+    # (internimage.ops.threads).
 
     from internimage.train.distributed import shutdown_distributed
     from internimage.train.trainer import Trainer
@@ -191,7 +191,7 @@ def run_local_workers(
     threads = max(1, _usable_cores() // count)
     env = dict(
         os.environ, WORLD_SIZE=str(count), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
-        OMP_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads),
+        OMP_NUM_THREADS=str(threads),
         **{LOCAL_WORKERS_ENV: str(count), _PARENT_PID_ENV: str(os.getpid())},
     )
     with tempfile.TemporaryDirectory(prefix="internimage-workers-") as tmp:
