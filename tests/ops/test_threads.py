@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import numba
 import pytest
@@ -14,7 +15,7 @@ from internimage.ops import dcnv3
 
 
 @pytest.fixture
-def restore_threads():  # type: ignore[no-untyped-def]
+def restore_threads() -> Iterator[None]:
     torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
     yield
     torch.set_num_threads(torch_threads)
@@ -28,7 +29,7 @@ def _forward_and_backward() -> None:
     dcnv3(x, offset, mask, group=1).sum().backward()
 
 
-def test_kernels_take_torch_thread_count(restore_threads) -> None:  # type: ignore[no-untyped-def]
+def test_kernels_take_torch_thread_count(restore_threads: None) -> None:
     most = numba.config.NUMBA_NUM_THREADS
     numba.set_num_threads(most)
     torch.set_num_threads(1)

@@ -204,9 +204,9 @@ class TrainConfig:
         strategy: ``ddp`` or ``fsdp`` when launched with several processes (torchrun).
         processes: Worker processes the run starts on this machine for CPU training, sharing
             each batch of ``batch_size`` images and the cores (the same run; small models can use
-            N cores better as N processes than as N threads of one, though on two cores the
-            measured gain was only 0.89-1.1x). ``auto``: one per usable CPU core, at most one per
-            32 images; 1 on GPUs and under torchrun.
+            N cores better as N processes than as N threads of one, see
+            :mod:`internimage.train.launch` for the measured gain). ``auto``: one per usable CPU
+            core, at most one per 32 images; 1 on GPUs and under torchrun.
         output_dir: Parent folder of run folders.
         name: Run folder name; None = a timestamp.
         checkpoint_every: Also write ``last.pt`` every N optimiser steps (0: only at epoch ends).
