@@ -22,6 +22,7 @@ from internimage.train import (
     load_training_checkpoint,
 )
 from internimage.train.config import PRESETS
+from internimage.train.distributed import resolve_device
 
 
 def test_sharded_batches_partition_the_global_batch() -> None:
@@ -155,3 +156,27 @@ def test_two_process_fsdp_equals_one_process(tmp_path: Path) -> None:
         torch.tensor(step_losses(tmp_path / "fsdp")), torch.tensor(step_losses(single_dir)),
         rtol=1e-4, atol=1e-5,
     )
+
+
+def test_device_resolution_follows_the_local_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto", local_rank=3) == torch.device("cpu")
+    assert resolve_device("cpu", local_rank=3) == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="'cuda' requested but CUDA is not available"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto", local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device("cuda:0", local_rank=1) == torch.device("cuda", 0)
+
+
+@pytest.mark.parametrize(("spec", "local_rank"), [("auto", 2), ("cuda", 2), ("cuda:5", 0)])
+def test_more_processes_than_gpus_name_the_problem(
+    monkeypatch: pytest.MonkeyPatch, spec: str, local_rank: int
+) -> None:
+    # Without this check CUDA fails later with "invalid device ordinal" and no hint at the cause.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"only 2 CUDA device\(s\) are visible.*nproc_per_node"):
+        resolve_device(spec, local_rank=local_rank)

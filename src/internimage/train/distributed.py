@@ -43,17 +43,38 @@ class DistributedContext:
 
 
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    """Device for ``spec`` (``auto``: this process's GPU when CUDA is available, else CPU)."""
+    """Device for ``spec`` (``auto``: this process's GPU when CUDA is available, else CPU).
+
+    Args:
+        spec: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        local_rank: this process's index on its machine; picks the GPU for ``auto`` and ``cuda``.
+
+    Raises:
+        RuntimeError: a CUDA device is asked for and CUDA is not available.
+        ValueError: the GPU index is not below the number of visible GPUs (more ``torchrun``
+            processes per machine than GPUs, say).
+    """
     if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        return torch.device("cpu")
-    device = torch.device(spec)
-    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device(spec)
+        if device.type != "cuda":
+            return device
         if not torch.cuda.is_available():
             raise RuntimeError(f"device {spec!r} requested but CUDA is not available")
         if device.index is None:
             device = torch.device("cuda", local_rank)
+    visible = torch.cuda.device_count()
+    if device.index >= visible:
+        # CUDA's own message for this ("invalid device ordinal") comes later and names neither
+        # the process nor the setting.
+        raise ValueError(
+            f"device {spec!r} resolves to {device} for local rank {local_rank}, but only "
+            f"{visible} CUDA device(s) are visible; start at most {visible} process(es) per "
+            "machine (torchrun --nproc_per_node) or train on the CPU with device=cpu"
+        )
     return device
 
 
