@@ -105,3 +105,17 @@ def test_print_config_shows_the_main_job(capsys) -> None:
     config = json.loads(capsys.readouterr().out)
     assert config["data"]["dataset"] == "fashion-mnist-subset"
     assert config["optim"]["lr"] == 1e-3
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [("train", "(default: fashion-mnist)"), ("eval", "(default: 64)"), ("predict", "(default: 5)")],
+)
+def test_help_shows_defaults_that_say_something(command: str, shown: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    assert shown in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert ") (default:" not in text  # no second default after one the help text names

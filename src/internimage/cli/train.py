@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from internimage.cli import HelpFormatter
+
 __all__ = ["add_parser", "run"]
 
 # Flag -> dotted config key, for the settings people change most; every other field is reachable
@@ -55,7 +57,7 @@ def add_parser(subparsers: Any) -> None:
             "Fashion-MNIST preset uses one per core). Several machines or GPUs: torchrun "
             "--nproc_per_node N -m internimage.cli.main train ..."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="fashion-mnist",
                         help="starting configuration")
