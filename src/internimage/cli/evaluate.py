@@ -6,8 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from internimage.cli import HelpFormatter
-
 __all__ = ["add_parser", "run"]
 
 
@@ -22,7 +20,6 @@ def add_parser(subparsers: Any) -> None:
             "need --data folder --data-root DIR (class sub-folders in label order, e.g. the "
             "ImageNet validation set arranged by synset)."
         ),
-        formatter_class=HelpFormatter,
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="training checkpoint or weights file")
@@ -33,12 +30,15 @@ def add_parser(subparsers: Any) -> None:
                         help="dataset (default: the checkpoint's)")
     parser.add_argument("--data-root", help="dataset folder (for 'folder': the class folders)")
     parser.add_argument("--image-size", type=int, help="input side (default: the model's)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="DataLoader worker processes (default: %(default)s)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
-                        help="mixed-precision dtype of the forward pass")
+                        help="mixed-precision dtype of the forward pass (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.set_defaults(func=run)
 

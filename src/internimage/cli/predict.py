@@ -6,8 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from internimage.cli import HelpFormatter
-
 __all__ = ["add_parser", "run"]
 
 
@@ -17,7 +15,6 @@ def add_parser(subparsers: Any) -> None:
         "predict",
         help="classify image files",
         description="Print the top-k classes and probabilities of each image.",
-        formatter_class=HelpFormatter,
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -25,8 +22,10 @@ def add_parser(subparsers: Any) -> None:
     source.add_argument("--pretrained", metavar="MODEL", help="released weights of MODEL")
     parser.add_argument("--model", help="model name of a plain weights file")
     parser.add_argument("--ema", action="store_true", help="use the EMA weights")
-    parser.add_argument("--topk", type=int, default=5, help="classes printed per image")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--topk", type=int, default=5,
+                        help="classes printed per image (default: %(default)s)")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.set_defaults(func=run)
 

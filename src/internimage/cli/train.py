@@ -6,8 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from internimage.cli import HelpFormatter
-
 __all__ = ["add_parser", "run"]
 
 # Flag -> dotted config key, for the settings people change most; every other field is reachable
@@ -57,10 +55,9 @@ def add_parser(subparsers: Any) -> None:
             "Fashion-MNIST preset uses one per core). Several machines or GPUs: torchrun "
             "--nproc_per_node N -m internimage.cli.main train ..."
         ),
-        formatter_class=HelpFormatter,
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="fashion-mnist",
-                        help="starting configuration")
+                        help="starting configuration (default: %(default)s)")
     parser.add_argument("--config", type=Path, default=None,
                         help="JSON/YAML config file (replaces the preset; missing keys keep "
                              "the preset's values)")
