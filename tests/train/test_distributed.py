@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from tiny_settings import PARALLEL_SETTINGS, free_port, set_args, step_losses
 
+from internimage.errors import DeviceError
 from internimage.train import (
     GlobalBatchNorm2d,
     ShardedBatchSampler,
@@ -178,5 +179,5 @@ def test_more_processes_than_gpus_name_the_problem(
     # Without this check CUDA fails later with "invalid device ordinal" and no hint at the cause.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    with pytest.raises(ValueError, match=r"only 2 CUDA device\(s\) are visible.*nproc_per_node"):
+    with pytest.raises(DeviceError, match=r"only 2 CUDA device\(s\) are visible.*nproc_per_node"):
         resolve_device(spec, local_rank=local_rank)

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from internimage.errors import ConfigError
+
 __all__ = [
     "AugmentConfig",
     "MixupCutmix",
@@ -58,19 +60,21 @@ class AugmentConfig:
         for name in ("hflip", "random_erasing", "mixup_prob", "mixup_switch_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"augment.{name} is a probability in [0, 1], got {value}")
+                raise ConfigError(f"augment.{name} is a probability in [0, 1], got {value}")
         if not 0.0 < self.crop_scale_min <= 1.0:
-            raise ValueError(f"augment.crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
+            raise ConfigError(
+                f"augment.crop_scale_min must be in (0, 1], got {self.crop_scale_min}"
+            )
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"augment.label_smoothing must be in [0, 1), got {self.label_smoothing}"
             )
         if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
-            raise ValueError("augment.mixup_alpha and augment.cutmix_alpha must be >= 0")
+            raise ConfigError("augment.mixup_alpha and augment.cutmix_alpha must be >= 0")
         if self.crop_padding < 0 or self.randaugment_ops < 0:
-            raise ValueError("augment.crop_padding and augment.randaugment_ops must be >= 0")
+            raise ConfigError("augment.crop_padding and augment.randaugment_ops must be >= 0")
         if self.randaugment_ops and not 0.0 < self.randaugment_magnitude < 10.0:
-            raise ValueError(
+            raise ConfigError(
                 "augment.randaugment_magnitude must be in (0, 10), got "
                 f"{self.randaugment_magnitude}"
             )

@@ -10,6 +10,7 @@ import numpy as np
 
 from internimage.data.datasets import ArrayImageDataset
 from internimage.data.idx import read_idx
+from internimage.errors import MissingFileError
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -54,7 +55,7 @@ def _find_file(root: Path, stem: str) -> Path:
     for name in (stem, stem + ".gz"):
         if (root / name).is_file():
             return root / name
-    raise FileNotFoundError(f"{stem}[.gz] not found in {root}")
+    raise MissingFileError(f"{stem}[.gz] not found in {root}")
 
 
 def find_fashion_mnist_root(root: str | Path | None = None) -> Path:
@@ -81,7 +82,7 @@ def find_fashion_mnist_root(root: str | Path | None = None) -> Path:
             continue
         return folder
     tried = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"Fashion-MNIST IDX files (train/t10k-images-idx3-ubyte[.gz], ...-labels-idx1-ubyte[.gz]) "
         f"not found in: {tried}. Pass the folder, set {FASHION_MNIST_ENV_VAR}, or install the "
         f"Debian package dataset-fashion-mnist"

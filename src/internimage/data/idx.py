@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from internimage.errors import DataError
+
 __all__ = ["read_idx", "write_idx"]
 
 # Type codes of the IDX header (third byte) and the numpy types they store, big-endian on disk.
@@ -45,16 +47,16 @@ def read_idx(path: str | Path) -> np.ndarray:
     path = Path(path)
     data = _open_bytes(path)
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path} is not an IDX file (bad magic number {data[:4]!r})")
+        raise DataError(f"{path} is not an IDX file (bad magic number {data[:4]!r})")
     type_code, ndim = data[2], data[3]
     if type_code not in _IDX_TYPES:
-        raise ValueError(f"{path}: unknown IDX element type 0x{type_code:02x}")
+        raise DataError(f"{path}: unknown IDX element type 0x{type_code:02x}")
     dtype = _IDX_TYPES[type_code]
     header_end = 4 + 4 * ndim
     shape = tuple(int(d) for d in np.frombuffer(data[4:header_end], dtype=">u4"))
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) - header_end != expected:
-        raise ValueError(
+        raise DataError(
             f"{path}: header shape {shape} needs {expected} bytes of data, "
             f"the file has {len(data) - header_end}"
         )

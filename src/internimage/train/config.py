@@ -13,6 +13,7 @@ from typing import Any
 
 from internimage.data.augment import AugmentConfig
 from internimage.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from internimage.errors import ConfigError, ConfigKeyError, MissingDependencyError
 
 __all__ = [
     "PRESETS",
@@ -60,7 +61,20 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"model.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+            raise ConfigError(
+                f"model.drop_path_rate must be in [0, 1), got {self.drop_path_rate}"
+            )
+        from internimage.models import VARIANTS
+
+        if self.name not in VARIANTS:
+            raise ConfigError(
+                f"model.name {self.name!r} is not a model; available: {', '.join(VARIANTS)}"
+            )
+        try:
+            # The architecture's own checks (widths divisible by groups, four stages, ...).
+            VARIANTS[self.name].config.replace(**self.architecture_overrides())
+        except ValueError as error:
+            raise ConfigError(f"model settings do not fit {self.name}: {error}") from None
 
     def architecture_overrides(self) -> dict[str, object]:
         """The set architecture fields, as ``create_model`` keyword arguments."""
@@ -104,22 +118,22 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.dataset not in _DATASETS:
-            raise ValueError(f"data.dataset must be one of {_DATASETS}, got {self.dataset!r}")
+            raise ConfigError(f"data.dataset must be one of {_DATASETS}, got {self.dataset!r}")
         if self.dataset == "folder" and self.root is None:
             # Checked at use, not here, so a preset can be built before the root is set.
             pass
         if self.image_size < 8:
-            raise ValueError(f"data.image_size must be at least 8, got {self.image_size}")
+            raise ConfigError(f"data.image_size must be at least 8, got {self.image_size}")
         if not 0.0 < self.crop_fraction <= 1.0:
-            raise ValueError(f"data.crop_fraction must be in (0, 1], got {self.crop_fraction}")
+            raise ConfigError(f"data.crop_fraction must be in (0, 1], got {self.crop_fraction}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError("data.mean and data.std need three values, std positive")
+            raise ConfigError("data.mean and data.std need three values, std positive")
         if self.num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         for name in ("train_limit", "val_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"data.{name} must be positive or None, got {value}")
+                raise ConfigError(f"data.{name} must be positive or None, got {value}")
 
 
 @dataclass(frozen=True)
@@ -144,13 +158,13 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.weight_decay < 0 or self.eps <= 0:
-            raise ValueError("optim.lr and optim.eps must be positive, optim.weight_decay >= 0")
+            raise ConfigError("optim.lr and optim.eps must be positive, optim.weight_decay >= 0")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"optim.betas must be two values in [0, 1), got {self.betas}")
+            raise ConfigError(f"optim.betas must be two values in [0, 1), got {self.betas}")
         if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
-            raise ValueError(f"optim.layer_decay must be in (0, 1], got {self.layer_decay}")
+            raise ConfigError(f"optim.layer_decay must be in (0, 1], got {self.layer_decay}")
         if self.clip_grad is not None and self.clip_grad <= 0:
-            raise ValueError(f"optim.clip_grad must be positive or None, got {self.clip_grad}")
+            raise ConfigError(f"optim.clip_grad must be positive or None, got {self.clip_grad}")
 
 
 @dataclass(frozen=True)
@@ -171,14 +185,14 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
-            raise ValueError(f"schedule.epochs must be >= 1, got {self.epochs}")
+            raise ConfigError(f"schedule.epochs must be >= 1, got {self.epochs}")
         if not 0.0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(
+            raise ConfigError(
                 f"schedule.warmup_epochs must be in [0, epochs={self.epochs}], "
                 f"got {self.warmup_epochs}"
             )
         if self.warmup_lr < 0 or self.min_lr < 0:
-            raise ValueError("schedule.warmup_lr and schedule.min_lr must be >= 0")
+            raise ConfigError("schedule.warmup_lr and schedule.min_lr must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -238,25 +252,27 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.accum_steps < 1:
-            raise ValueError("batch_size and accum_steps must be >= 1")
+            raise ConfigError("batch_size and accum_steps must be >= 1")
         if self.amp not in _AMP:
-            raise ValueError(f"amp must be one of {_AMP}, got {self.amp!r}")
+            raise ConfigError(f"amp must be one of {_AMP}, got {self.amp!r}")
         if self.strategy not in _STRATEGIES:
-            raise ValueError(f"strategy must be one of {_STRATEGIES}, got {self.strategy!r}")
+            raise ConfigError(f"strategy must be one of {_STRATEGIES}, got {self.strategy!r}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
+            raise ConfigError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
         if self.processes != "auto":
             if not isinstance(self.processes, int) or isinstance(self.processes, bool) or (
                 self.processes < 1
             ):
-                raise ValueError(f"processes must be 'auto' or >= 1, got {self.processes!r}")
+                raise ConfigError(f"processes must be 'auto' or >= 1, got {self.processes!r}")
             if self.batch_size % self.processes:
-                raise ValueError(
+                raise ConfigError(
                     f"processes={self.processes} must divide batch_size={self.batch_size}: the "
                     "workers share each batch"
                 )
         if self.checkpoint_every < 0 or self.eval_every < 1 or self.log_every < 1:
-            raise ValueError("checkpoint_every >= 0, eval_every >= 1 and log_every >= 1 required")
+            raise ConfigError(
+                "checkpoint_every >= 0, eval_every >= 1 and log_every >= 1 required"
+            )
 
 
 #: Named starting points for ``internimage train --preset``.
@@ -318,14 +334,14 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return _convert(value, option, key)
             except (TypeError, ValueError) as error:
                 errors.append(str(error))
-        raise ValueError(f"{key}: cannot convert {value!r} to {tp}: {'; '.join(errors)}")
+        raise ConfigError(f"{key}: cannot convert {value!r} to {tp}: {'; '.join(errors)}")
     if origin is tuple:
         args = typing.get_args(tp)
         items = value.split(",") if isinstance(value, str) else list(value)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(v, args[0], key) for v in items)
         if len(items) != len(args):
-            raise ValueError(f"{key}: expected {len(args)} values, got {value!r}")
+            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
         return tuple(_convert(v, a, key) for v, a in zip(items, args, strict=True))
     if tp is bool:
         if isinstance(value, bool):
@@ -334,28 +350,28 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return True
         if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
             return False
-        raise ValueError(f"{key}: expected a boolean, got {value!r}")
+        raise ConfigError(f"{key}: expected a boolean, got {value!r}")
     if tp is int:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
         try:
             return int(value)
         except ValueError:
-            raise ValueError(f"{key}: expected an integer, got {value!r}") from None
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
     if tp is float:
         if isinstance(value, bool):
-            raise ValueError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
             return float(value)
         except ValueError:
-            raise ValueError(f"{key}: expected a number, got {value!r}") from None
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
     if tp is str:
         if not isinstance(value, str):
-            raise ValueError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
     if _is_dataclass_type(tp):
         if not isinstance(value, Mapping):
-            raise ValueError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return _from_dict(tp, value, key + ".")
     raise TypeError(f"{key}: unsupported field type {tp}")
 
@@ -364,7 +380,7 @@ def _from_dict(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     types_ = _field_types(cls)
     unknown = sorted(set(values) - set(types_))
     if unknown:
-        raise KeyError(
+        raise ConfigKeyError(
             f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; valid keys under "
             f"{prefix or 'the top level'}: {', '.join(sorted(types_))}"
         )
@@ -389,13 +405,13 @@ def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None)
 def _deep_update(target: dict[str, Any], updates: Mapping[str, Any], prefix: str) -> None:
     for key, value in updates.items():
         if key not in target:
-            raise KeyError(
+            raise ConfigKeyError(
                 f"unknown config key {prefix + key!r}; valid keys under "
                 f"{prefix or 'the top level'}: {', '.join(sorted(target))}"
             )
         if isinstance(target[key], dict):
             if not isinstance(value, Mapping):
-                raise ValueError(f"{prefix + key} is a section; give a mapping, got {value!r}")
+                raise ConfigError(f"{prefix + key} is a section; give a mapping, got {value!r}")
             _deep_update(target[key], value, prefix + key + ".")
         else:
             target[key] = value
@@ -427,13 +443,13 @@ def apply_overrides(config: TrainConfig, assignments: Iterable[str]) -> TrainCon
         key, sep, raw = assignment.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ValueError(f"override {assignment!r} is not of the form section.key=value")
+            raise ConfigError(f"override {assignment!r} is not of the form section.key=value")
         node = updates
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {assignment!r} conflicts with an earlier one")
+                raise ConfigError(f"override {assignment!r} conflicts with an earlier one")
         node[parts[-1]] = raw.strip()
     return config_from_dict(updates, base=config)
 
@@ -441,17 +457,30 @@ def apply_overrides(config: TrainConfig, assignments: Iterable[str]) -> TrainCon
 def load_config_file(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
     """Read a JSON (or YAML, when PyYAML is installed) config file on top of ``base``."""
     path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             import yaml
         except ModuleNotFoundError as error:
-            raise RuntimeError(f"reading {path} needs PyYAML (pip install pyyaml)") from error
-        values = yaml.safe_load(text) or {}
+            raise MissingDependencyError(
+                f"reading {path} needs PyYAML (pip install pyyaml), or write the config as JSON"
+            ) from error
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {error}") from None
     else:
-        values = json.loads(text)
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(
+                f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: "
+                f"{error.msg})"
+            ) from None
     if not isinstance(values, Mapping):
-        raise ValueError(f"{path} must hold a mapping at the top level")
+        raise ConfigError(f"{path} must hold a mapping at the top level")
     return config_from_dict(values, base=base)
 
 

@@ -10,6 +10,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
 
+from internimage.errors import DeviceError
+
 __all__ = [
     "DistributedContext",
     "GlobalBatchNorm2d",
@@ -59,18 +61,26 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
             return torch.device("cpu")
         device = torch.device("cuda", local_rank)
     else:
-        device = torch.device(spec)
+        try:
+            device = torch.device(spec)
+        except RuntimeError:
+            raise DeviceError(
+                f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N"
+            ) from None
         if device.type != "cuda":
             return device
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {spec!r} requested but CUDA is not available")
+            raise DeviceError(
+                f"device {spec!r} requested but CUDA is not available; use --device cpu (or "
+                f"auto)"
+            )
         if device.index is None:
             device = torch.device("cuda", local_rank)
     visible = torch.cuda.device_count()
     if device.index >= visible:
         # CUDA's own message for this ("invalid device ordinal") comes later and names neither
         # the process nor the setting.
-        raise ValueError(
+        raise DeviceError(
             f"device {spec!r} resolves to {device} for local rank {local_rank}, but only "
             f"{visible} CUDA device(s) are visible; start at most {visible} process(es) per "
             "machine (torchrun --nproc_per_node) or train on the CPU with device=cpu"
