@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import pickle
 import sys
 import threading
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from internimage.errors import CheckpointFileError
 from internimage.models import (
     PRETRAINED,
     CheckpointMismatchError,
@@ -77,8 +77,10 @@ class _Payload:
 def test_pickles_are_loaded_weights_only(tmp_path: Path) -> None:
     path = tmp_path / "evil.pth"
     torch.save({"model": _state(), "extra": _Payload()}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    # Refused with the file named, and without torch's advice to load it with weights_only=False.
+    with pytest.raises(CheckpointFileError, match=r"evil\.pth holds Python objects") as info:
         load_checkpoint(create_model(NAME), path)
+    assert "weights_only" not in str(info.value)
 
 
 def test_mismatch_lists_missing_unexpected_and_shapes() -> None:

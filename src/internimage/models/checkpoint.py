@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from internimage.errors import CheckpointFileError, MissingFileError, UserError
 
 __all__ = [
     "CheckpointMismatchError",
@@ -25,7 +28,7 @@ _WEIGHT_KEYS = ("model", "state_dict")
 _PREFIXES = ("module.", "backbone.")
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(UserError, RuntimeError):
     """The checkpoint's tensors do not match the model's (missing, unexpected, wrong shape)."""
 
 
@@ -69,16 +72,77 @@ class LoadResult:
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Mapping[str, object]:
-    """Read a checkpoint file: safetensors, or a pickle with ``weights_only=True``."""
+    """Read a checkpoint file: safetensors, or a pickle with ``weights_only=True``.
+
+    Raises:
+        CheckpointFileError: The file is missing, a folder, empty, truncated, corrupt, not a
+            checkpoint, or holds Python objects other than tensors and plain data (which are
+            never unpickled: that could run code). The message names the file.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointFileError(f"checkpoint {path} is a folder, not a file")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise MissingFileError(f"checkpoint file not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointFileError(f"checkpoint {path} is empty (0 bytes); it was not written out")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
-    # weights_only refuses arbitrary pickled objects: checkpoints are data, never code.
-    return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path), device="cpu")
+        except SafetensorError as error:
+            raise CheckpointFileError(
+                f"checkpoint {path} is not a valid safetensors file ({error})"
+            ) from None
+    try:
+        # weights_only refuses arbitrary pickled objects: checkpoints are data, never code.
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types here; each becomes one clear message
+        raise CheckpointFileError(_describe_unloadable(path, size, error)) from None
+    if not isinstance(loaded, Mapping):
+        raise CheckpointFileError(
+            f"checkpoint {path} holds a {type(loaded).__name__}, not a mapping of weights"
+        )
+    return loaded
+
+
+# First bytes of the two torch.save formats: a zip archive (torch >= 1.6) and a legacy pickle.
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTOCOL_2 = b"\x80\x02"
+
+
+def _describe_unloadable(path: Path, size: int, error: Exception) -> str:
+    """Why ``torch.load`` could not read ``path``, in words that name the file and say what to do.
+
+    torch's own messages do not name the file, and for files with Python objects in them they
+    suggest ``weights_only=False``, which would run whatever code the file holds.
+    """
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in text:
+        return (
+            f"checkpoint {path} holds Python objects other than tensors and plain data, which "
+            f"are not loaded because unpickling them can run code; re-save just the weights "
+            f"(torch.save(model.state_dict(), ...)) where the file was made"
+        )
+    if head.startswith(_ZIP_MAGIC):
+        return (
+            f"checkpoint {path} is truncated or damaged ({size} bytes; the archive is "
+            f"incomplete); copy or download it again"
+        )
+    if head.startswith(_PICKLE_PROTOCOL_2) and isinstance(error, EOFError | pickle.UnpicklingError):
+        return (
+            f"checkpoint {path} is truncated or damaged ({size} bytes, old torch format); copy "
+            f"or download it again"
+        )
+    return (
+        f"{path} is not a checkpoint: neither a torch.save file nor safetensors "
+        f"({size} bytes starting {head!r})"
+    )
 
 
 def extract_state_dict(checkpoint: Mapping[str, object]) -> dict[str, torch.Tensor]:
@@ -97,7 +161,9 @@ def extract_state_dict(checkpoint: Mapping[str, object]) -> dict[str, torch.Tens
             state = checkpoint[key]
             break
     if not isinstance(state, Mapping):
-        raise TypeError(f"checkpoint weights must be a mapping, got {type(state).__name__}")
+        raise CheckpointFileError(
+            f"checkpoint weights must be a mapping, got {type(state).__name__}"
+        )
     result: dict[str, torch.Tensor] = {}
     for name, value in state.items():
         if not isinstance(value, torch.Tensor):

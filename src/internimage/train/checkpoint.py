@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from internimage.errors import CheckpointFileError, MissingFileError
 from internimage.files import atomic_write_bytes
 
 __all__ = [
@@ -78,15 +79,27 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_training_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+def load_training_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint written by the trainer (``weights_only=True``: tensors and plain data).
 
+    Args:
+        path: The ``.pt`` file, or a run folder (its ``last.pt``).
+
     Raises:
-        ValueError: The file is not a training checkpoint of this library.
+        MissingFileError: No such file (or the folder has no ``last.pt``).
+        CheckpointFileError: The file is unreadable or not a training checkpoint of this library.
     """
-    payload = torch.load(Path(path), map_location=map_location, weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{path} is not an internimage training checkpoint (format {CHECKPOINT_FORMAT})"
+    from internimage.models.checkpoint import read_checkpoint
+
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "last.pt").is_file():
+            raise MissingFileError(f"{path} holds no last.pt: it is not a run folder to resume")
+        path = path / "last.pt"
+    payload = read_checkpoint(path)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointFileError(
+            f"{path} is not an internimage training checkpoint (format {CHECKPOINT_FORMAT}); "
+            f"plain weights files are loaded with --checkpoint FILE --model NAME"
         )
-    return payload
+    return dict(payload)

@@ -10,6 +10,8 @@ from torch import nn
 
 from internimage.data.imagenet import imagenet_classes
 from internimage.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ResizeCenterCrop
+from internimage.errors import UsageError
+from internimage.models.checkpoint import read_checkpoint
 from internimage.train.checkpoint import CHECKPOINT_FORMAT
 
 __all__ = ["LoadedClassifier", "load_classifier"]
@@ -82,11 +84,15 @@ def load_classifier(
     from internimage.models.pretrained import PRETRAINED
 
     if (checkpoint is None) == (pretrained is None):
-        raise ValueError("give exactly one of a checkpoint or a pretrained model name")
+        raise UsageError("give exactly one of a checkpoint or a pretrained model name")
+    if model_name is not None and model_name not in internimage.VARIANTS:
+        raise UsageError(
+            f"unknown model {model_name!r}; available: {', '.join(internimage.VARIANTS)}"
+        )
     device = torch.device(device)
     if pretrained is not None:
         if pretrained not in PRETRAINED:
-            raise ValueError(
+            raise UsageError(
                 f"no released weights for {pretrained!r}; choose from {', '.join(PRETRAINED)}"
             )
         info = PRETRAINED[pretrained]
@@ -101,12 +107,14 @@ def load_classifier(
             interpolation=info.interpolation,
         )
     path = Path(checkpoint)
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+    payload = read_checkpoint(path)
+    if payload.get("format") == CHECKPOINT_FORMAT:
         classes = tuple(payload["classes"])
         if use_ema:
             if payload.get("ema") is None:
-                raise ValueError(f"{path} holds no EMA weights (trained with ema_decay=none)")
+                raise UsageError(
+                    f"{path} holds no EMA weights (trained with ema_decay=none); drop --ema"
+                )
             weights = payload["ema"]["module"]
         else:
             weights = payload["model"]
@@ -133,9 +141,11 @@ def load_classifier(
             data_root=data.get("root"),
         )
     if use_ema:
-        raise ValueError(f"{path} is not a training checkpoint; it has no EMA weights")
+        raise UsageError(f"{path} is not a training checkpoint; it has no EMA weights")
     if model_name is None:
-        raise ValueError(f"{path} is a plain weights file; say which model it is (--model)")
+        raise UsageError(
+            f"{path} is a plain weights file; say which model it is (--model NAME)"
+        )
     from internimage.models.checkpoint import extract_state_dict
 
     weights = extract_state_dict(payload)
