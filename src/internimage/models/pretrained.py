@@ -5,9 +5,18 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
+import threading
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+
+from internimage.errors import (
+    MissingDependencyError,
+    MissingFileError,
+    UsageError,
+    WeightsUnavailableError,
+)
 
 __all__ = [
     "HUB_REPO",
@@ -71,21 +80,103 @@ PRETRAINED: dict[str, PretrainedWeights] = {
 }
 
 
+# Seconds to wait for the hub's host to answer before calling it unreachable. huggingface_hub
+# itself retries with back-off for about 25 s before it gives up without a network.
+_PROBE_TIMEOUT_S = 3.0
+_DEFAULT_ENDPOINT = "https://huggingface.co"
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                    "all_proxy")
+
+
+def _unreachable(endpoint: str) -> str | None:
+    """Why ``endpoint``'s host cannot be reached right now, or None when it answers.
+
+    Name resolution and the TCP connection run on a daemon thread so that a resolver that hangs
+    cannot hold the caller beyond the timeout. Behind a proxy the host is not contacted directly,
+    so the answer is left to the download itself.
+    """
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return None
+    parts = urllib.parse.urlsplit(endpoint)
+    if not parts.hostname:
+        return f"endpoint {endpoint!r} has no host name"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((parts.hostname, port), timeout=_PROBE_TIMEOUT_S):
+                outcome.append(None)
+        except OSError as error:
+            outcome.append(error.strerror or str(error) or type(error).__name__)
+
+    thread = threading.Thread(target=probe, name="internimage-hub-probe", daemon=True)
+    thread.start()
+    thread.join(_PROBE_TIMEOUT_S + 0.5)
+    if not outcome:
+        return f"no answer within {_PROBE_TIMEOUT_S:.0f} s"
+    return outcome[0]
+
+
 def _hub_download(
     repo_id: str, filename: str, revision: str, endpoint: str | None, cache_dir: str | None
 ) -> Path:
+    """``filename`` of ``repo_id`` from the hub cache, downloading it there when missing.
+
+    Raises:
+        MissingDependencyError: huggingface_hub is not installed.
+        WeightsUnavailableError: The file is not cached and cannot be downloaded; the message
+            says where to put it.
+    """
     try:
-        from huggingface_hub import hf_hub_download
+        import huggingface_hub
     except ImportError as error:
-        raise ImportError(
+        raise MissingDependencyError(
             "downloading pretrained InternImage weights needs huggingface_hub; install it with "
             "`pip install internimage[hub]` (or pass a local checkpoint path)"
         ) from error
-    return Path(
-        hf_hub_download(
-            repo_id, filename, revision=revision, endpoint=endpoint, cache_dir=cache_dir
-        )
+    # Released files never change, so a cached copy is used without asking the hub: loading works
+    # offline, at once.
+    cached = huggingface_hub.try_to_load_from_cache(
+        repo_id, filename, cache_dir=cache_dir, revision=revision
     )
+    if isinstance(cached, str):
+        return Path(cached)
+    from huggingface_hub import constants
+
+    host = endpoint or _DEFAULT_ENDPOINT
+    cache = cache_dir or constants.HF_HUB_CACHE
+    advice = (
+        f"without network, put the file into the Hugging Face cache {cache} (on a machine with "
+        f"network: `hf download {repo_id} {filename}`, then copy its cache folder; HF_HUB_CACHE "
+        f"chooses the folder), or use the file directly: create_model(..., pretrained='PATH'), "
+        f"`internimage eval|predict --checkpoint PATH --model NAME`, "
+        f"`internimage train --finetune PATH`"
+    )
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in (
+        "1", "true", "yes", "on"
+    ):
+        raise WeightsUnavailableError(
+            f"{filename} of {repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+            + advice
+        )
+    reason = _unreachable(host)
+    if reason is not None:
+        raise WeightsUnavailableError(
+            f"cannot download {filename} of {repo_id}: {host} is unreachable ({reason}); "
+            + advice
+        )
+    try:
+        return Path(
+            huggingface_hub.hf_hub_download(
+                repo_id, filename, revision=revision, endpoint=endpoint, cache_dir=cache_dir
+            )
+        )
+    except Exception as error:  # network, HTTP and cache errors alike: the file is not here
+        raise WeightsUnavailableError(
+            f"cannot download {filename} of {repo_id} from {host} "
+            f"({type(error).__name__}: {error}); " + advice
+        ) from error
 
 
 def _default_cache_dir() -> str | None:
@@ -127,7 +218,13 @@ def download_checkpoint(url: str, *, cache_dir: str | os.PathLike[str] | None = 
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         # download_url_to_file writes a temporary file in the same folder and moves it in place.
-        torch.hub.download_url_to_file(url, str(target), progress=False)
+        try:
+            torch.hub.download_url_to_file(url, str(target), progress=False)
+        except OSError as error:  # URLError and HTTPError are OSErrors
+            raise WeightsUnavailableError(
+                f"cannot download {url} ({error}); without network, download the file elsewhere "
+                f"and pass its path instead of the URL"
+            ) from error
     return target
 
 
@@ -145,7 +242,7 @@ def resolve_pretrained(variant: str, pretrained: bool | str | os.PathLike[str]) 
     """
     if pretrained is True:
         if variant not in PRETRAINED:
-            raise ValueError(
+            raise UsageError(
                 f"{variant!r} has no released weights; variants with weights: "
                 f"{', '.join(PRETRAINED)} (or pass a checkpoint path or URL as pretrained=...)"
             )
@@ -158,5 +255,5 @@ def resolve_pretrained(variant: str, pretrained: bool | str | os.PathLike[str]) 
         return download_checkpoint(text)
     path = Path(text).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained checkpoint not found: {path}")
+        raise MissingFileError(f"pretrained checkpoint not found: {path}")
     return path
