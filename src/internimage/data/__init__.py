@@ -23,6 +23,7 @@ from internimage.data.fashion_mnist import (
 )
 from internimage.data.idx import read_idx, write_idx
 from internimage.data.imagenet import imagenet_classes
+from internimage.data.images import to_rgb8
 from internimage.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -54,5 +55,6 @@ __all__ = [
     "smooth_one_hot",
     "soft_target_cross_entropy",
     "to_float_images",
+    "to_rgb8",
     "write_idx",
 ]

@@ -10,6 +10,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from internimage.data.images import to_rgb8
+from internimage.errors import DataError, MissingFileError
+
 __all__ = [
     "ArrayImageDataset",
     "ImageFolderDataset",
@@ -73,7 +76,8 @@ class ImageFolderDataset(Dataset):
 
     Args:
         root: Top folder.
-        transform: Maps the decoded RGB ``PIL.Image`` to a tensor (e.g.
+        transform: Maps the decoded image, converted to 8-bit RGB by
+            :func:`internimage.data.images.to_rgb8`, to a tensor (e.g.
             :class:`internimage.data.transforms.EvalImageTransform`).
         extensions: File suffixes to include (lower case, with dot); default: every suffix
             Pillow registers.
@@ -91,14 +95,16 @@ class ImageFolderDataset(Dataset):
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder {self.root} does not exist")
+            raise MissingFileError(f"image folder {self.root} does not exist")
         found = sorted(p.name for p in self.root.iterdir() if p.is_dir())
         self.classes = tuple(classes) if classes is not None else tuple(found)
         if not self.classes:
-            raise ValueError(f"{self.root} has no class sub-folders")
+            raise DataError(
+                f"{self.root} has no class sub-folders (one folder of images per class)"
+            )
         missing = [name for name in self.classes if not (self.root / name).is_dir()]
         if missing:
-            raise ValueError(f"class folders missing under {self.root}: {missing[:5]}")
+            raise DataError(f"class folders missing under {self.root}: {missing[:5]}")
         suffixes = tuple(extensions) if extensions is not None else _default_extensions()
         self.samples: list[tuple[str, int]] = []
         for label, name in enumerate(self.classes):
@@ -106,7 +112,7 @@ class ImageFolderDataset(Dataset):
                 if path.is_file() and path.suffix.lower() in suffixes:
                     self.samples.append((str(path), label))
         if not self.samples:
-            raise ValueError(f"no image files with suffixes {suffixes[:8]}... under {self.root}")
+            raise DataError(f"no image files with suffixes {suffixes[:8]}... under {self.root}")
         self.transform = transform
 
     def __len__(self) -> int:
@@ -118,7 +124,7 @@ class ImageFolderDataset(Dataset):
         path, label = self.samples[index]
         try:
             with Image.open(path) as image:
-                rgb = image.convert("RGB")  # forces the full decode inside the try
+                rgb = to_rgb8(image)  # forces the full decode inside the try
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
             warnings.warn(
                 f"skipping unreadable image {path}: {type(error).__name__}: {error}",

@@ -56,7 +56,10 @@ class ResizeCenterCrop:
 
         if not isinstance(image, Image.Image):
             raise TypeError(f"expected a PIL image, got {type(image).__name__}")
-        image = image.convert("RGB")
+        if image.mode != "RGB":
+            from internimage.data.images import to_rgb8
+
+            image = to_rgb8(image)
         # The same rounding the upstream resize uses: shorter side exactly `short`, the longer one
         # scaled and truncated.
         short = int(round(self.size / self.crop_fraction))
