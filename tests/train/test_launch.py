@@ -14,6 +14,7 @@ import pytest
 import torch
 from tiny_settings import PARALLEL_SETTINGS, step_losses
 
+from internimage.errors import DataError, MissingFileError
 from internimage.train import Trainer, apply_overrides, load_training_checkpoint
 from internimage.train import launch as launch_module
 from internimage.train.config import PRESETS, TrainConfig
@@ -139,13 +140,46 @@ def test_two_workers_train_the_same_run_as_one_process(tmp_path: Path) -> None:
     assert len(state["rng"]) == 2  # both workers' random streams were saved again
 
 
-def test_a_failing_worker_stops_the_run_with_a_clear_error(tmp_path: Path) -> None:
+def test_a_failing_worker_stops_the_run_with_its_error(tmp_path: Path) -> None:
+    """Both workers fail on the missing data; the launcher raises that error once, as itself."""
     config = _config(
         *PARALLEL_SETTINGS, "processes=2", "data.dataset=fashion-mnist",
         f"data.root={tmp_path / 'missing'}", f"output_dir={tmp_path}",
     )
-    with pytest.raises(RuntimeError, match=r"training worker \d of 2 failed"):
+    with pytest.raises(MissingFileError, match="Fashion-MNIST IDX files .* not found in"):
         Trainer(config).fit()
+
+
+def _failure(job_dir: Path, rank: int, error: BaseException, at: float) -> None:
+    try:
+        raise error
+    except BaseException as raised:
+        launch_module._record_failure(job_dir, rank, raised)
+    path = job_dir / f"failure-{rank}.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "time": at}))
+
+
+def test_the_first_failure_of_the_workers_is_the_one_reported(tmp_path: Path) -> None:
+    # Rank 1 failed first; rank 0's error came after, in the collective that rank 1 left.
+    _failure(tmp_path, 0, RuntimeError("Connection closed by peer"), at=20.0)
+    _failure(tmp_path, 1, DataError("no image to evaluate"), at=10.0)
+    with pytest.raises(DataError, match="no image to evaluate") as info:
+        launch_module._raise_worker_failure(tmp_path, 0, 2, 1)
+    assert info.value.exit_code == 1
+
+
+def test_an_unexpected_worker_failure_carries_its_traceback(tmp_path: Path) -> None:
+    _failure(tmp_path, 1, ZeroDivisionError("division by zero"), at=1.0)
+    with pytest.raises(launch_module.WorkerFailedError,
+                       match=r"(?s)training worker 1 of 2 failed:.*Traceback.*ZeroDivisionError"):
+        launch_module._raise_worker_failure(tmp_path, 1, 2, 1)
+
+
+def test_a_killed_worker_is_named_with_its_signal(tmp_path: Path) -> None:
+    with pytest.raises(launch_module.WorkerFailedError,
+                       match=r"training worker 1 of 2 failed \(killed by signal 9\)"):
+        launch_module._raise_worker_failure(tmp_path, 1, 2, -9)
 
 
 def test_a_dead_worker_is_noticed_while_rank_0_waits_silently() -> None:

@@ -19,9 +19,12 @@ Under ``torchrun`` the processes are the launcher's and this module stays out of
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import queue
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +49,7 @@ __all__ = [
     "free_port",
     "local_worker_count",
     "resolve_processes",
+    "WorkerFailedError",
     "run_local_workers",
 ]
 
@@ -149,28 +154,116 @@ def exit_with_parent(parent_pid: int, interval_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="internimage-parent-watch", daemon=True).start()
 
 
+# Each failing worker leaves "failure-<rank>.json" in the job folder; the launcher reports the
+# first of them only: when one worker fails, the others fail after it in their next collective, and
+# those follow-on errors say nothing about the cause.
+_FAILURE_FILE = "failure-{rank}.json"
+# Job folders in the temporary directory: "internimage-workers-<launcher pid>-<random>".
+_JOB_DIR_PREFIX = "internimage-workers-"
+_JOB_DIR_NAME = re.compile(rf"^{_JOB_DIR_PREFIX}(?P<pid>\d+)-")
+
+
+class WorkerFailedError(RuntimeError):
+    """A training worker failed with an unexpected error; the message holds its traceback."""
+
+
+def _record_failure(job_dir: Path, rank: int, error: BaseException) -> None:
+    from internimage.errors import UserError
+    from internimage.files import atomic_write_text
+
+    record = {
+        "rank": rank,
+        "time": time.time(),
+        "type": type(error).__name__,
+        "user_error": isinstance(error, UserError),
+        "interrupted": isinstance(error, KeyboardInterrupt),
+        "exit_code": int(getattr(error, "exit_code", 1)),
+        "message": str(error),
+        "traceback": traceback.format_exc(),
+    }
+    atomic_write_text(job_dir / _FAILURE_FILE.format(rank=rank), json.dumps(record))
+
+
+def _first_recorded_failure(job_dir: Path) -> dict[str, Any] | None:
+    records = []
+    for path in job_dir.glob(_FAILURE_FILE.format(rank="*")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return min(records, key=lambda record: record["time"]) if records else None
+
+
+def _raise_worker_failure(job_dir: Path, rank: int, count: int, returncode: int | None) -> None:
+    """Raise the error that made the run fail, as the launcher's own."""
+    from internimage import errors
+
+    record = _first_recorded_failure(job_dir)
+    if record is None:
+        # Killed from outside (out of memory, say): no Python error to report.
+        how = (f"killed by signal {-returncode}" if returncode is not None and returncode < 0
+               else f"exit code {returncode}")
+        raise WorkerFailedError(f"training worker {rank} of {count} failed ({how})")
+    if record["interrupted"]:
+        raise KeyboardInterrupt
+    if record["user_error"]:
+        error_type = getattr(errors, record["type"], errors.UserError)
+        if not (isinstance(error_type, type) and issubclass(error_type, errors.UserError)):
+            error_type = errors.UserError
+        error = error_type(record["message"])
+        error.exit_code = record["exit_code"]
+        raise error
+    raise WorkerFailedError(
+        f"training worker {record['rank']} of {count} failed:\n{record['traceback'].rstrip()}"
+    )
+
+
 def worker_main(job_dir: str | Path) -> None:
     """One worker, started by :func:`run_local_workers` with its environment set: train, and
-    rank 0 leaves its result in ``job_dir``."""
+    rank 0 leaves its result in ``job_dir``. An error is recorded in ``job_dir`` for the launcher
+    to report instead of printed, so that a run whose workers all fail says so once."""
     exit_with_parent(int(os.environ[_PARENT_PID_ENV]))
+    # Ctrl-C in a terminal reaches the whole process group; the launcher stops its workers itself
+    # and reports the interruption once. (Also set by the launcher before the start, where it can.)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     job_dir = Path(job_dir)
+    rank = int(os.environ["RANK"])
     # torch takes its thread count from OMP_NUM_THREADS, and the numba kernels follow torch's
     # (internimage.ops.threads).
 
     from internimage.train.distributed import shutdown_distributed
     from internimage.train.trainer import Trainer
 
-    # Written by the parent process of this job a moment ago, in a private temporary folder.
-    with open(job_dir / "job.pkl", "rb") as file:
-        trainer_kwargs = pickle.load(file)
-    trainer = Trainer(**trainer_kwargs)
     try:
-        result = trainer.fit()
-    finally:
-        shutdown_distributed()
+        # Written by the parent process of this job a moment ago, in a private temporary folder.
+        with open(job_dir / "job.pkl", "rb") as file:
+            trainer_kwargs = pickle.load(file)
+        trainer = Trainer(**trainer_kwargs)
+        try:
+            result = trainer.fit()
+        finally:
+            shutdown_distributed()
+    except BaseException as error:
+        _record_failure(job_dir, rank, error)
+        sys.exit(1)
     if trainer.ctx.is_main:
         with open(job_dir / "result.pkl", "wb") as file:
             pickle.dump(result, file)
+
+
+def _remove_stale_job_dirs() -> None:
+    """Delete job folders whose launcher no longer runs (it was killed before it could)."""
+    from internimage.files import process_alive
+
+    root = Path(tempfile.gettempdir())
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        match = _JOB_DIR_NAME.match(entry.name)
+        if match and entry.is_dir() and not process_alive(int(match["pid"])):
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def run_local_workers(
@@ -183,18 +276,22 @@ def run_local_workers(
 
     The workers are fresh interpreters (not forks: OpenMP runtimes do not survive a fork, and a
     spawned child would re-run the caller's main script). Their standard error is this process's,
-    so progress bars and tracebacks show as usual.
+    so warnings and progress bars show as usual; their errors are re-raised here, once.
 
     Raises:
-        RuntimeError: A worker failed; the others are stopped.
+        UserError: The first error of the workers was one (bad data, say), re-raised as is.
+        KeyboardInterrupt: Interrupted; the workers have stopped.
+        WorkerFailedError: A worker failed unexpectedly (its traceback is in the message) or
+            was killed; the others are stopped.
     """
+    _remove_stale_job_dirs()
     threads = max(1, _usable_cores() // count)
     env = dict(
         os.environ, WORLD_SIZE=str(count), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
         OMP_NUM_THREADS=str(threads),
         **{LOCAL_WORKERS_ENV: str(count), _PARENT_PID_ENV: str(os.getpid())},
     )
-    with tempfile.TemporaryDirectory(prefix="internimage-workers-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{_JOB_DIR_PREFIX}{os.getpid()}-") as tmp:
         job_dir = Path(tmp)
         with open(job_dir / "job.pkl", "wb") as file:
             pickle.dump(trainer_kwargs, file)
@@ -205,13 +302,22 @@ def run_local_workers(
             "worker_main(sys.argv[1])"
         )
         command = [sys.executable, "-c", entry, str(job_dir)]
-        workers = [
-            subprocess.Popen(
-                command, env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)),
-                stdout=subprocess.PIPE if rank == 0 else subprocess.DEVNULL, text=True,
-            )
-            for rank in range(count)
-        ]
+        # Ctrl-C in a terminal signals the whole process group. The workers ignore it from their
+        # first instruction on (an ignored signal stays ignored across exec, and Python keeps it
+        # so); this process stops them and reports the interruption once.
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+        try:
+            workers = [
+                subprocess.Popen(
+                    command, env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)),
+                    stdout=subprocess.PIPE if rank == 0 else subprocess.DEVNULL, text=True,
+                )
+                for rank in range(count)
+            ]
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGINT, previous)
         try:
             failed = _follow(workers, echo)
         except BaseException:
@@ -219,10 +325,7 @@ def run_local_workers(
             raise
         if failed is not None:
             _stop(workers)
-            raise RuntimeError(
-                f"training worker {failed} of {count} failed (exit code "
-                f"{workers[failed].returncode}); its error is printed above"
-            )
+            _raise_worker_failure(job_dir, failed, count, workers[failed].returncode)
         with open(job_dir / "result.pkl", "rb") as file:
             return pickle.load(file)
 
