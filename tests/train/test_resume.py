@@ -3,6 +3,7 @@ run."""
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -76,6 +77,16 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
         assert got["metrics"][key] == expected["metrics"][key]
     # The run time adds up over the killed call and the resumed one.
     assert 0 < interrupted["train_time_s"] < got["train_time_s"]
+    # The epochs' mean training losses cover every step of the epoch, those before the kill too.
+    def epoch_rows(run: Path) -> list[dict[str, str]]:
+        with (run / "metrics.csv").open() as handle:
+            return list(csv.DictReader(handle))
+
+    expected_rows, got_rows = epoch_rows(reference.run_dir), epoch_rows(tmp_path / "killed")
+    assert [row["epoch"] for row in got_rows] == ["1", "2"]
+    assert [row["train_loss"] for row in got_rows] == [row["train_loss"] for row in expected_rows]
+    # Nothing half-written is left of the killed call.
+    assert not list((tmp_path / "killed").glob(".*.tmp"))
     # The step log has each step exactly once, the replayed steps overwritten.
     lines = (tmp_path / "killed" / "train_steps.csv").read_text().splitlines()
     steps = [int(line.split(",")[0]) for line in lines[1:]]

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from internimage.data.transforms import normalize, to_float_images
+from internimage.errors import DataError
 from internimage.train.distributed import all_reduce_sum
 from internimage.train.metrics import topk_correct
 
@@ -64,6 +65,10 @@ def evaluate(
 
     Returns:
         ``{"loss", "top1", "top5", "count"}``.
+
+    Raises:
+        DataError: No image could be evaluated (an empty set, or every file unreadable), or a
+            label is not a class of the model.
     """
     was_training = model.training
     model.eval()
@@ -77,6 +82,11 @@ def evaluate(
             with autocast_context(device, amp_dtype):
                 logits = model(x)
             logits = logits.float()
+            if int(labels.max()) >= logits.shape[1] or int(labels.min()) < 0:
+                raise DataError(
+                    f"the data has label {int(labels.max())} but the model has "
+                    f"{logits.shape[1]} classes; evaluate it on data with its classes"
+                )
             loss = F.cross_entropy(logits, labels, reduction="sum")
             top1, top5 = topk_correct(logits, labels, (1, 5))
             totals += torch.tensor([float(loss), top1, top5, labels.shape[0]], dtype=torch.float64)
@@ -88,7 +98,14 @@ def evaluate(
         totals = all_reduce_sum(totals.to(device)).cpu()
     else:
         totals = all_reduce_sum(totals)
-    count = max(float(totals[3]), 1.0)
+    if totals[3] == 0:
+        size = len(loader.dataset) if hasattr(loader, "dataset") else None  # type: ignore[arg-type]
+        raise DataError(
+            "no image to evaluate: "
+            + (f"none of the {size} images could be read (each is named in a warning above)"
+               if size else "the evaluation set is empty")
+        )
+    count = float(totals[3])
     return {
         "loss": float(totals[0]) / count,
         "top1": 100.0 * float(totals[1]) / count,

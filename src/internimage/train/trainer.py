@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -26,6 +28,8 @@ from internimage.data.datasets import (
 )
 from internimage.data.fashion_mnist import FASHION_MNIST_CLASSES, fashion_mnist_dataset
 from internimage.data.transforms import ResizeCenterCrop, normalize, to_float_images
+from internimage.errors import CheckpointFileError, ConfigError, DataError, RunExistsError
+from internimage.files import remove_stale_temporaries
 from internimage.train.checkpoint import (
     CHECKPOINT_FORMAT,
     atomic_save,
@@ -65,6 +69,30 @@ __all__ = ["RunResult", "Trainer", "build_datasets", "create_classifier", "resol
 # than the network input so crops keep detail (the usual 224 -> 256 ratio).
 _TRAIN_LOAD_RATIO = 256 / 224
 
+#: What a run writes into its folder; any of them there means the folder holds a run.
+RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.csv", "train_steps.csv", "curves.png")
+_TENSORBOARD_DIR = "tensorboard"
+
+
+def claim_run_dir(run_dir: Path, *, overwrite: bool) -> None:
+    """Make ``run_dir`` ready for a new run: refuse one that holds a run unless ``overwrite``,
+    which deletes that run's files (other files are left alone).
+
+    Raises:
+        RunExistsError: ``run_dir`` holds a run and ``overwrite`` is False.
+    """
+    present = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if not present:
+        return
+    if not overwrite:
+        raise RunExistsError(
+            f"run folder {run_dir} already holds a run ({', '.join(present)}); continue it with "
+            f"--resume {run_dir}, choose another --name, or replace it with --overwrite"
+        )
+    for name in present:
+        (run_dir / name).unlink()
+    shutil.rmtree(run_dir / _TENSORBOARD_DIR, ignore_errors=True)
+
 
 def build_datasets(data: DataConfig) -> tuple[Dataset, Dataset, tuple[str, ...]]:
     """Training set, validation set and class names of ``data``.
@@ -78,7 +106,10 @@ def build_datasets(data: DataConfig) -> tuple[Dataset, Dataset, tuple[str, ...]]
         classes = FASHION_MNIST_CLASSES
     else:
         if data.root is None:
-            raise ValueError("data.dataset='folder' needs data.root (the folder with the splits)")
+            raise ConfigError(
+                "data.dataset='folder' needs data.root (the folder with the splits), e.g. "
+                "--data-root DIR"
+            )
         root = Path(data.root)
         load_size = int(round(data.image_size * _TRAIN_LOAD_RATIO))
         train_set = ImageFolderDataset(
@@ -116,7 +147,7 @@ def create_classifier(config: TrainConfig, num_classes: int) -> nn.Module:
         skipped = result.missing + tuple(name for name, *_ in result.mismatched)
         head_only = all(name.startswith("head.") for name in skipped)
         if not head_only or result.unexpected:
-            raise ValueError(
+            raise CheckpointFileError(
                 f"fine-tuning checkpoint {settings.finetune} does not fit {settings.name} beyond "
                 f"its classifier:\n{result.describe()}"
             )
@@ -138,7 +169,7 @@ def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, boo
     if amp == "bf16":
         return torch.bfloat16, False
     if device.type != "cuda":
-        raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' on CPU")
+        raise ConfigError("amp='fp16' needs a CUDA device; use 'bf16' on CPU")
     return torch.float16, True
 
 
@@ -182,6 +213,11 @@ class Trainer:
             stopped; its stored config is used, with ``config_overrides`` applied on top.
         config_overrides: Nested mapping applied to the resumed config (e.g. more epochs).
         echo: Where progress lines go (rank 0 only).
+        overwrite: Replace the files of an earlier run in the run folder
+            (``output_dir/name``). Without it a new run refuses a folder that holds a run.
+
+    Raises:
+        RunExistsError: (from :meth:`fit`) The run folder holds a run and ``overwrite`` is off.
     """
 
     def __init__(
@@ -191,9 +227,12 @@ class Trainer:
         resume: str | Path | None = None,
         config_overrides: dict[str, Any] | None = None,
         echo: Callable[[str], None] = _echo_stdout,
+        overwrite: bool = False,
     ) -> None:
         self.resume_state: dict[str, Any] | None = None
         if resume is not None:
+            if overwrite:
+                raise ConfigError("resuming a run and overwriting it exclude each other")
             path = Path(resume)
             if path.is_dir():
                 path = path / "last.pt"
@@ -211,20 +250,32 @@ class Trainer:
         self._config_overrides = config_overrides
         self.config = config
         self.echo = echo
+        self.overwrite = overwrite
 
     # ----------------------------------------------------------------------------------- setup
     def _say(self, message: str) -> None:
         if self.ctx.is_main:
             self.echo(message)
 
+    def _run_name(self) -> str:
+        return self.config.name or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
     def _choose_run_dir(self) -> Path:
+        """The run folder, the same on every process; a new run claims it (rank 0 decides)."""
         if self.run_dir is not None:
             return self.run_dir
-        name = self.config.name or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        name, problem = self._run_name(), None
+        if self.ctx.is_main:
+            try:
+                claim_run_dir(Path(self.config.output_dir) / name, overwrite=self.overwrite)
+            except RunExistsError as error:
+                problem = str(error)
         if self.ctx.enabled:
-            box = [name]
+            box = [name, problem]
             dist.broadcast_object_list(box, src=0)
-            name = box[0]
+            name, problem = box
+        if problem is not None:
+            raise RunExistsError(problem)
         return Path(self.config.output_dir) / name
 
     def _loader(self, dataset: Dataset, sampler: ShardedBatchSampler, seed: int) -> DataLoader:
@@ -327,7 +378,24 @@ class Trainer:
             )
             torch.manual_seed(self.config.seed + 7919 * self.ctx.rank + state["global_step"])
 
-    def _save(self, path: Path, epoch: int, step_in_epoch: int, metrics: dict[str, Any]) -> None:
+    def _save(
+        self,
+        path: Path,
+        epoch: int,
+        step_in_epoch: int,
+        metrics: dict[str, Any],
+        *,
+        epoch_loss: tuple[float, int] = (0.0, 0),
+    ) -> None:
+        """Write a checkpoint (every process takes part; rank 0 writes).
+
+        ``epoch_loss`` is this process's sum of the training losses of the current epoch's steps
+        so far, and their count, for a checkpoint inside an epoch: a resumed run continues the
+        sum, so that the epoch's mean loss covers all its steps.
+        """
+        # Every process holds the same count; the sums are averaged over the processes, as the
+        # epoch's mean is at its end.
+        loss_sum = self._mean_over_processes(epoch_loss[0])
         rng = capture_rng_state()
         if self.ctx.enabled:
             gathered: list[Any] = [None] * self.ctx.world_size
@@ -349,6 +417,8 @@ class Trainer:
             "epoch": epoch,
             "step_in_epoch": step_in_epoch,
             "global_step": self.global_step,
+            "epoch_loss_sum": loss_sum,
+            "epoch_loss_steps": epoch_loss[1],
             "best_top1": self.best_top1,
             # Run time up to this checkpoint, over every call that worked on the run.
             "train_time_s": self._earlier_time_s + time.perf_counter() - self._started,
@@ -379,6 +449,12 @@ class Trainer:
         self._earlier_time_s = 0.0
         self.ctx: DistributedContext = init_distributed(cfg.device)
         device = self.ctx.device
+        # Before anything slow, so that a folder that cannot be used is reported at once.
+        run_dir = self._choose_run_dir()
+        self.run_dir = run_dir
+        if self.ctx.is_main:
+            # Left by a run killed while it wrote a file; nothing reads them.
+            remove_stale_temporaries(run_dir)
         # Same seed everywhere for the weights; DDP/FSDP also broadcast rank 0's.
         torch.manual_seed(cfg.seed)
         train_set, val_set, self.classes = build_datasets(cfg.data)
@@ -389,7 +465,9 @@ class Trainer:
             if cfg.ema_decay is not None else None
         )
         if self.ema is not None and self.ctx.enabled and cfg.strategy == "fsdp":
-            raise ValueError("ema_decay is not supported with strategy='fsdp'; set ema_decay=none")
+            raise ConfigError(
+                "ema_decay is not supported with strategy='fsdp'; set ema_decay=none"
+            )
         self.amp_dtype, needs_scaler = resolve_amp(cfg.amp, device)
         self.scaler = torch.amp.GradScaler(device.type) if needs_scaler else None
 
@@ -402,8 +480,9 @@ class Trainer:
         )
         steps_per_epoch = sampler.batches_per_epoch() // cfg.accum_steps
         if steps_per_epoch < 1:
-            raise ValueError(
-                f"{len(train_set)} training images give no full step of {total_batch} images"
+            raise ConfigError(
+                f"{len(train_set)} training images give no full step of {total_batch} images; "
+                f"lower batch_size or accum_steps"
             )
         total_steps = steps_per_epoch * cfg.schedule.epochs
         base_lr = scaled_lr(cfg.optim.lr, total_batch)
@@ -443,8 +522,6 @@ class Trainer:
             # Checkpoints from before the run time was recorded count as zero.
             self._earlier_time_s = float(state.get("train_time_s", 0.0))
 
-        run_dir = self._choose_run_dir()
-        self.run_dir = run_dir
         paths = {
             "last": run_dir / "last.pt",
             "best": run_dir / "best.pt",
@@ -455,7 +532,7 @@ class Trainer:
         if self.ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.json")
-            epochs_log = MetricLog(paths["epochs"], tensorboard_dir=run_dir / "tensorboard")
+            epochs_log = MetricLog(paths["epochs"], tensorboard_dir=run_dir / _TENSORBOARD_DIR)
             steps_log = MetricLog(paths["steps"])
             epochs_log.truncate_after(self.global_step)
             steps_log.truncate_after(self.global_step)
@@ -496,6 +573,10 @@ class Trainer:
                     f"{cfg.schedule.epochs}", unit="step", dynamic_ncols=True, leave=False,
                 )
             epoch_loss, epoch_steps = 0.0, 0
+            if epoch == start_epoch and first and self.resume_state is not None:
+                # The epoch's steps before the checkpoint count towards its mean training loss.
+                epoch_loss = float(self.resume_state.get("epoch_loss_sum", 0.0))
+                epoch_steps = int(self.resume_state.get("epoch_loss_steps", 0))
             for step_in_epoch in range(first, steps_per_epoch):
                 lr = self.schedule.apply()
                 loss_value = self._train_step(batches, augment, mixer, device)
@@ -527,7 +608,10 @@ class Trainer:
                         )
                 if (cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0
                         and step_in_epoch < steps_per_epoch - 1):
-                    self._save(paths["last"], epoch, step_in_epoch + 1, metrics)
+                    self._save(
+                        paths["last"], epoch, step_in_epoch + 1, metrics,
+                        epoch_loss=(epoch_loss, epoch_steps),
+                    )
             if bar is not None:
                 bar.close()
 
@@ -570,6 +654,11 @@ class Trainer:
                 "resume": self._resume_path, "config_overrides": self._config_overrides,
             }
         else:
+            # The folder is named and claimed here, so that an unusable one is reported before
+            # any worker starts, and the workers (which check again) find it claimed.
+            self.config = dataclasses.replace(self.config, name=self._run_name())
+            self.run_dir = Path(self.config.output_dir) / self.config.name
+            claim_run_dir(self.run_dir, overwrite=self.overwrite)
             kwargs = {"config": self.config}
         result = run_local_workers(workers, kwargs, self.echo)
         self.ctx = DistributedContext(0, workers, 0, device)
@@ -588,6 +677,12 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64)
         for micro in range(cfg.accum_steps):
             images, labels = next(batches)
+            if images.shape[0] == 0:
+                # Every file of the batch failed to decode (each was named in a warning).
+                raise DataError(
+                    f"no image of a training batch could be read (step {self.global_step + 1}); "
+                    "fix or remove the unreadable files named in the warnings above"
+                )
             x = to_float_images(images.to(device, non_blocking=True), cfg.data.image_size)
             labels = labels.to(device, non_blocking=True)
             x = augment(x)
