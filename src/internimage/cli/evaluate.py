@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
+
+from internimage.cli.arguments import non_negative_int, positive_int
 
 __all__ = ["add_parser", "run"]
 
@@ -29,12 +32,13 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--data", choices=["fashion-mnist-subset", "fashion-mnist", "folder"],
                         help="dataset (default: the checkpoint's)")
     parser.add_argument("--data-root", help="dataset folder (for 'folder': the class folders)")
-    parser.add_argument("--image-size", type=int, help="input side (default: the model's)")
-    parser.add_argument("--batch-size", type=int, default=64,
+    parser.add_argument("--image-size", type=positive_int,
+                        help="input side (default: the model's)")
+    parser.add_argument("--batch-size", type=positive_int, default=64,
                         help="images per forward pass (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=2,
+    parser.add_argument("--workers", type=non_negative_int, default=2,
                         help="DataLoader worker processes (default: %(default)s)")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N images")
+    parser.add_argument("--limit", type=positive_int, help="evaluate only the first N images")
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
@@ -54,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         ImageFolderDataset,
         collate_skipping_unreadable,
     )
-    from internimage.data.fashion_mnist import fashion_mnist_dataset
+    from internimage.data.fashion_mnist import FASHION_MNIST_CLASSES, fashion_mnist_dataset
+    from internimage.errors import DataError, UsageError
     from internimage.train.distributed import resolve_device
     from internimage.train.evaluate import evaluate
     from internimage.train.inference import load_classifier
@@ -69,19 +74,25 @@ def run(args: argparse.Namespace) -> int:
         loaded.data_root if args.data is None else None
     )
     if dataset_kind is None:
-        raise SystemExit("say which data to evaluate on: --data folder --data-root DIR")
+        raise UsageError("say which data to evaluate on: --data folder --data-root DIR")
     if dataset_kind in ("fashion-mnist-subset", "fashion-mnist"):
+        if len(loaded.classes) != len(FASHION_MNIST_CLASSES):
+            raise DataError(
+                f"the model has {len(loaded.classes)} classes, Fashion-MNIST "
+                f"{len(FASHION_MNIST_CLASSES)}; evaluate it on data with its own classes "
+                f"(--data folder --data-root DIR)"
+            )
         dataset = fashion_mnist_dataset(dataset_kind, "test", root)
     else:
         if root is None:
-            raise SystemExit("--data folder needs --data-root DIR")
+            raise UsageError("--data folder needs --data-root DIR")
         folder = Path(root)
         # A training run's root holds split folders; evaluate its validation split.
         if loaded.dataset == "folder" and args.data_root is None:
             folder = folder / "val"
         dataset = ImageFolderDataset(folder, loaded.transform())
         if len(dataset.classes) != len(loaded.classes):
-            raise SystemExit(
+            raise DataError(
                 f"{folder} has {len(dataset.classes)} class folders, the model "
                 f"{len(loaded.classes)} classes"
             )
@@ -93,18 +104,21 @@ def run(args: argparse.Namespace) -> int:
     )
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     progress = None
-    try:
-        from tqdm import tqdm
+    if sys.stderr.isatty():  # a bar in a log file is noise
+        try:
+            from tqdm import tqdm
 
-        progress = tqdm(total=len(dataset), unit="img", desc="evaluating", mininterval=1.0)
-    except ModuleNotFoundError:
-        pass
-    metrics = evaluate(
-        loaded.model, loader, device=device, image_size=loaded.image_size, mean=loaded.mean,
-        std=loaded.std, amp_dtype=amp_dtype, progress=progress,
-    )
-    if progress is not None:
-        progress.close()
+            progress = tqdm(total=len(dataset), unit="img", desc="evaluating", mininterval=1.0)
+        except ModuleNotFoundError:
+            pass
+    try:
+        metrics = evaluate(
+            loaded.model, loader, device=device, image_size=loaded.image_size, mean=loaded.mean,
+            std=loaded.std, amp_dtype=amp_dtype, progress=progress,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
     if args.json:
         print(json.dumps(metrics))
     else:

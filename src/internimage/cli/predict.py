@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from internimage.cli.arguments import positive_int
+
 __all__ = ["add_parser", "run"]
 
 
@@ -22,7 +24,7 @@ def add_parser(subparsers: Any) -> None:
     source.add_argument("--pretrained", metavar="MODEL", help="released weights of MODEL")
     parser.add_argument("--model", help="model name of a plain weights file")
     parser.add_argument("--ema", action="store_true", help="use the EMA weights")
-    parser.add_argument("--topk", type=int, default=5,
+    parser.add_argument("--topk", type=positive_int, default=5,
                         help="classes printed per image (default: %(default)s)")
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda or cuda:N (default: %(default)s)")
@@ -31,36 +33,46 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Classify and print; returns 1 when an image could not be read, else 0."""
+    """Classify and print; returns 1 when an image could not be read, else 0.
+
+    Results go to standard output (text, or JSON with ``--json``: one entry per image, with
+    ``error`` instead of ``top`` for an image that could not be read); the errors also go to
+    standard error, so that standard output stays valid JSON.
+    """
     import json
+    import sys
 
     import torch
     from PIL import Image, UnidentifiedImageError
 
+    from internimage.data.images import to_rgb8
     from internimage.train.distributed import resolve_device
     from internimage.train.evaluate import prepare_batch
     from internimage.train.inference import load_classifier
 
-    if args.topk < 1:
-        raise SystemExit("--topk must be at least 1")
     device = resolve_device(args.device, 0)
     loaded = load_classifier(
         checkpoint=args.checkpoint, pretrained=args.pretrained, model_name=args.model,
         use_ema=args.ema, device=device,
     )
     transform = loaded.transform()
-    results = []
+    results: list[dict[str, Any]] = []
     status = 0
     for path in args.images:
         try:
             with Image.open(path) as image:
-                # Grayscale-trained models saw one channel repeated three times.
-                mode = "L" if loaded.grayscale else "RGB"
-                image = image.convert(mode).convert("RGB")
-        except (OSError, UnidentifiedImageError) as error:
-            print(f"{path}: cannot read image ({error})")
+                image = to_rgb8(image)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+            reason = error.strerror.lower() if isinstance(error, OSError) and error.strerror \
+                else str(error)
+            message = f"{path}: cannot read image ({reason})"
+            print(f"internimage: error: {message}", file=sys.stderr)
+            results.append({"image": str(path), "error": message})
             status = 1
             continue
+        if loaded.grayscale:
+            # Grayscale-trained models saw one channel repeated three times.
+            image = image.convert("L").convert("RGB")
         x = prepare_batch(
             transform(image)[None], device, loaded.image_size, loaded.mean, loaded.std
         )

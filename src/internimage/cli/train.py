@@ -67,6 +67,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--resume", type=Path, default=None,
                         help="continue a run from its last.pt (or run folder); its saved config "
                              "is used, with --set and flags applied on top")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in the run folder (output_dir/name); "
+                             "without it such a folder is refused")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config as JSON and exit")
     group = parser.add_argument_group("common settings (shortcuts for --set)")
@@ -115,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     """Resolve the config, train, print a summary; returns the exit code."""
     import json
 
+    from internimage.errors import UsageError
     from internimage.train.config import (
         PRESETS,
         apply_overrides,
@@ -126,8 +130,18 @@ def run(args: argparse.Namespace) -> int:
 
     assignments = _assignments(args)
     if args.resume is not None:
-        if args.config is not None:
-            raise SystemExit("--resume uses the run's saved config; drop --config")
+        for given, flag in ((args.config, "--config"), (args.name, "--name"),
+                            (args.output_dir, "--output-dir")):
+            if given is not None:
+                raise UsageError(
+                    f"--resume continues the run with its saved config in its own folder; "
+                    f"drop {flag}"
+                )
+        if args.overwrite:
+            raise UsageError("--resume continues a run and --overwrite replaces one; choose one")
+        if args.print_config:
+            raise UsageError("--print-config shows a new run's config; the run to resume has "
+                             "its own in config.json")
         from internimage.train.config import TrainConfig
 
         # Validate the overrides against a config now; they are re-applied to the stored one.
@@ -142,9 +156,16 @@ def run(args: argparse.Namespace) -> int:
         if args.print_config:
             print(json.dumps(config_to_dict(config), indent=2))
             return 0
-        trainer = Trainer(config)
+        trainer = Trainer(config, overwrite=args.overwrite)
     try:
         result = trainer.fit()
+    except KeyboardInterrupt:
+        run_dir = trainer.run_dir
+        if run_dir is not None and (run_dir / "last.pt").is_file():
+            raise Interrupted(
+                f"interrupted; continue with: internimage train --resume {run_dir}"
+            ) from None
+        raise
     finally:
         shutdown_distributed()
     if trainer.ctx.is_main:
@@ -168,6 +189,10 @@ def run(args: argparse.Namespace) -> int:
         ]
         print("\n".join(lines), flush=True)
     return 0
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training, with how to continue the run in its message."""
 
 
 def _nested(assignments: list[str]) -> dict[str, Any]:
