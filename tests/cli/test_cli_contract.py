@@ -122,6 +122,7 @@ def atto_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (["predict", "x.png", "--checkpoint", "x.pt", "--model", "internimage_zz"],
          ["internimage_zz", "available"]),
         (["train", "--config", "missing.json"], ["missing.json", "does not exist"]),
+        (["info", "internimage_q"], ["internimage_q", "internimage_t"]),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(args: list[str], fragments: list[str]) -> None:
@@ -281,6 +282,33 @@ def test_stale_temporary_files_of_killed_runs_are_removed(tmp_path: Path) -> Non
     assert not stale.exists() and not stale_job.exists()
     assert live.exists()
     assert not list(temp_root.glob("internimage-workers-*"))  # its own job folder is gone too
+
+
+def test_under_torchrun_an_error_of_every_rank_is_printed_once(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    """Two ranks as torchrun starts them: a bad setting (before the process group) and a run
+    folder that holds a run (decided by rank 0 for both) each give one line in all."""
+    from internimage.train.launch import free_port
+
+    for args, exit_code in ((["--set", "optim.lr=fast"], 2),
+                            (["--output-dir", str(tiny_run.parent), "--name", tiny_run.name], 1)):
+        port = str(free_port())
+        ranks = [
+            subprocess.Popen(
+                [*COMMAND, "train", *TINY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True, env=dict(os.environ, WORLD_SIZE="2", RANK=str(rank),
+                                    LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                                    MASTER_PORT=port),
+            )
+            for rank in range(2)
+        ]
+        outputs = [rank.communicate(timeout=120) for rank in ranks]
+        assert [rank.returncode for rank in ranks] == [exit_code, exit_code], outputs
+        lines = [line for _, err in outputs for line in err.splitlines()
+                 if line.startswith("internimage:")]
+        assert len(lines) == 1 and lines[0].startswith("internimage: error: "), outputs
+        assert "Traceback" not in outputs[1][1]
 
 
 # --------------------------------------------------------------------------------- no images

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from typing import Any
+
+from internimage.cli.arguments import positive_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +20,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("name", nargs="?", help="variant to describe, e.g. internimage_t")
     parser.add_argument(
-        "--image-size", type=int, default=None, help="count MACs at this size (default: native)"
+        "--image-size", type=positive_int, default=None,
+        help="count MACs at this size (default: native)"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.set_defaults(func=run)
@@ -60,6 +62,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Print the table or one variant's details; returns the exit code."""
+    from internimage.errors import UsageError
     from internimage.models import PRETRAINED, VARIANTS
 
     if args.name is None:
@@ -67,11 +70,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=1) if args.json else _table(rows))
         return 0
     if args.name not in VARIANTS:
-        print(
-            f"internimage info: unknown variant {args.name!r}; available: {', '.join(VARIANTS)}",
-            file=sys.stderr,
-        )
-        return 2
+        raise UsageError(f"unknown variant {args.name!r}; available: {', '.join(VARIANTS)}")
     details = variant_summary(args.name, args.image_size)
     details["config"] = dataclasses.asdict(VARIANTS[args.name].config)
     weights = PRETRAINED.get(args.name)
