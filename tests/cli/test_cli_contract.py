@@ -63,9 +63,10 @@ def assert_user_error(
     """The run failed with exactly one error line naming ``fragments``; returns that line."""
     assert result.returncode == exit_code, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("internimage:")]
-    assert len(errors) == 1, result.stderr
-    line = errors[0]
+    messages = [line for line in result.stderr.splitlines()
+                if line.startswith("internimage:") and not line.startswith("internimage: warning")]
+    assert len(messages) == 1, result.stderr
+    line = messages[0]
     assert line.startswith("internimage: error: "), line
     for fragment in fragments:
         assert fragment in line, (fragment, line)
@@ -306,7 +307,7 @@ def test_under_torchrun_an_error_of_every_rank_is_printed_once(
         outputs = [rank.communicate(timeout=120) for rank in ranks]
         assert [rank.returncode for rank in ranks] == [exit_code, exit_code], outputs
         lines = [line for _, err in outputs for line in err.splitlines()
-                 if line.startswith("internimage:")]
+                 if line.startswith("internimage: error")]
         assert len(lines) == 1 and lines[0].startswith("internimage: error: "), outputs
         assert "Traceback" not in outputs[1][1]
 
@@ -355,6 +356,10 @@ def test_eval_without_a_readable_image_is_an_error(tiny_run: Path, image_tree: P
                          "--workers", workers, "--json")
         assert_user_error(result, 1, "none of the 8 images could be read")
         assert result.stdout == ""  # no 0% result anywhere
+        # Each file is named once, in a line of its own, also from the loader's processes.
+        warned = [line for line in result.stderr.splitlines()
+                  if line.startswith("internimage: warning: skipping unreadable image ")]
+        assert len(warned) == 8 and len(result.stderr.splitlines()) == 9, result.stderr
 
 
 def test_training_with_an_unreadable_validation_set_saves_no_best(
@@ -404,7 +409,7 @@ def test_predict_json_stays_json_when_an_image_is_unreadable(
     assert [entry["image"] for entry in entries] == [str(good), str(bad), str(missing)]
     assert "top" in entries[0] and "cannot read image" in entries[1]["error"]
     assert "no such file" in entries[2]["error"]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("internimage: ")]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("internimage: error")]
     assert len(errors) == 2 and "Traceback" not in result.stderr
 
 

@@ -21,6 +21,8 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
+from internimage.console import ERROR_PREFIX, install_warning_format, one_line
+
 __all__ = ["EXIT_INTERRUPTED", "build_parser", "main"]
 
 # Each module defines ``add_parser(subparsers) -> None`` which registers its sub-command and sets
@@ -29,14 +31,13 @@ _COMMAND_MODULES = ("info", "train", "evaluate", "predict")
 
 #: Exit status after Ctrl-C (128 + SIGINT, as shells report it).
 EXIT_INTERRUPTED = 130
-_PREFIX = "internimage: error: "
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: argparse prints the whole usage block before the error."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{_PREFIX}{message} (see '{self.prog} --help')\n")
+        self.exit(2, f"{ERROR_PREFIX}{message} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,19 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(error: BaseException) -> str:
-    """The error's message on one line (several lines are joined with '; ')."""
-    from internimage.errors import UserError
-
-    if isinstance(error, OSError) and not isinstance(error, UserError) and error.strerror:
-        # "[Errno 13] Permission denied: 'x'" -> "x: permission denied"
-        where = error.filename if error.filename is not None else ""
-        text = f"{where}: {error.strerror.lower()}" if where else error.strerror.lower()
-    else:
-        text = str(error) or type(error).__name__
-    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
-
-
 def _secondary_rank() -> bool:
     """This process is a rank other than 0 of a distributed (torchrun) run."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0
@@ -88,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
     from internimage.errors import UserError
 
+    install_warning_format()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -110,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         if not (_secondary_rank() and getattr(error, "same_on_every_process", True)):
-            print(_PREFIX + _one_line(error), file=sys.stderr)
+            print(ERROR_PREFIX + one_line(error), file=sys.stderr)
         return int(getattr(error, "exit_code", 1))
     except Exception:
         traceback.print_exc()

@@ -226,6 +226,9 @@ def worker_main(job_dir: str | Path) -> None:
     # Ctrl-C in a terminal reaches the whole process group; the launcher stops its workers itself
     # and reports the interruption once. (Also set by the launcher before the start, where it can.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from internimage.console import install_warning_format
+
+    install_warning_format()
     job_dir = Path(job_dir)
     rank = int(os.environ["RANK"])
     # torch takes its thread count from OMP_NUM_THREADS, and the numba kernels follow torch's

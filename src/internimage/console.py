@@ -1,0 +1,51 @@
+"""How the command line and its worker processes word messages for people: one line each."""
+
+from __future__ import annotations
+
+import warnings
+
+__all__ = ["ERROR_PREFIX", "WARNING_PREFIX", "install_warning_format", "one_line"]
+
+ERROR_PREFIX = "internimage: error: "
+WARNING_PREFIX = "internimage: warning: "
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (several lines are joined with '; ')."""
+    from internimage.errors import UserError
+
+    if isinstance(error, OSError) and not isinstance(error, UserError) and error.strerror:
+        # "[Errno 13] Permission denied: 'x'" -> "x: permission denied"
+        where = error.filename if error.filename is not None else ""
+        text = f"{where}: {error.strerror.lower()}" if where else error.strerror.lower()
+    else:
+        text = str(error) or type(error).__name__
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def install_warning_format() -> None:
+    """Print this library's data warnings as ``internimage: warning: <message>``.
+
+    Python's format adds the file and line that issued the warning (inside torch's data
+    loader) and that line's source, which mean nothing to someone whose image is unreadable.
+    Other warnings keep Python's format.
+    """
+    from internimage.data.datasets import UnreadableImageWarning
+
+    python_format = warnings.formatwarning
+    if getattr(python_format, "_internimage", False):
+        return
+
+    def formatwarning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        line: str | None = None,
+    ) -> str:
+        if issubclass(category, UnreadableImageWarning):
+            return f"{WARNING_PREFIX}{message}\n"
+        return python_format(message, category, filename, lineno, line)
+
+    formatwarning._internimage = True  # type: ignore[attr-defined]
+    warnings.formatwarning = formatwarning
