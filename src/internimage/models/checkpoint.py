@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,12 @@ __all__ = [
 
 # Wrappers under which checkpoints keep their weights, tried in this order.
 _WEIGHT_KEYS = ("model", "state_dict")
-# Prefixes added by DistributedDataParallel (module.) and by dense-prediction frameworks
-# (backbone.).
-_PREFIXES = ("module.", "backbone.")
+# Prefixes added by DistributedDataParallel (module.), by dense-prediction frameworks (backbone.)
+# and by upstream's Hugging Face classifier (model.).
+_PREFIXES = ("module.", "backbone.", "model.")
+# Upstream's Hugging Face repositories name the layer scale "layer_scale1/2" (the .pth files and
+# this library: "gamma1/2").
+_LAYER_SCALE_NAME = re.compile(r"\.layer_scale([12])$")
 
 
 class CheckpointMismatchError(UserError, RuntimeError):
@@ -149,8 +153,9 @@ def extract_state_dict(checkpoint: Mapping[str, object]) -> dict[str, torch.Tens
     """The model weights of a checkpoint, with wrapper keys and prefixes removed.
 
     Weights are taken from ``checkpoint['model']`` or ``checkpoint['state_dict']`` when present,
-    otherwise the mapping itself is the state dict; ``module.`` and ``backbone.`` prefixes are
-    stripped (in any combination).
+    otherwise the mapping itself is the state dict; ``module.``, ``backbone.`` and ``model.``
+    prefixes are stripped (in any combination), and upstream's Hugging Face names of the layer
+    scale (``layer_scale1/2``) become ``gamma1/2``.
 
     Raises:
         TypeError: The weights are not a mapping of names to tensors.
@@ -177,7 +182,7 @@ def extract_state_dict(checkpoint: Mapping[str, object]) -> dict[str, torch.Tens
             for prefix in _PREFIXES:
                 if name.startswith(prefix):
                     name, stripped = name[len(prefix) :], True
-        result[name] = value
+        result[_LAYER_SCALE_NAME.sub(r".gamma\1", name)] = value
     return result
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "PRETRAINED",
     "PretrainedWeights",
     "download_checkpoint",
+    "released_file",
     "resolve_pretrained",
 ]
 
@@ -228,6 +229,19 @@ def download_checkpoint(url: str, *, cache_dir: str | os.PathLike[str] | None = 
     return target
 
 
+def released_file(file_name: str) -> Path:
+    """Local copy of a released file of :data:`HUB_REPO` (the hub cache; endpoint
+    ``$HF_ENDPOINT`` if set), downloaded once.
+
+    Raises:
+        WeightsUnavailableError: Not cached and not downloadable; the message says where to put
+            the file.
+    """
+    return _hub_download(
+        HUB_REPO, file_name, "main", os.environ.get("HF_ENDPOINT") or None, _default_cache_dir()
+    )
+
+
 def resolve_pretrained(variant: str, pretrained: bool | str | os.PathLike[str]) -> Path:
     """Local checkpoint file for ``create_model(..., pretrained=...)``.
 
@@ -246,10 +260,7 @@ def resolve_pretrained(variant: str, pretrained: bool | str | os.PathLike[str]) 
                 f"{variant!r} has no released weights; variants with weights: "
                 f"{', '.join(PRETRAINED)} (or pass a checkpoint path or URL as pretrained=...)"
             )
-        return _hub_download(
-            HUB_REPO, PRETRAINED[variant].file_name, "main",
-            os.environ.get("HF_ENDPOINT") or None, _default_cache_dir(),
-        )
+        return released_file(PRETRAINED[variant].file_name)
     text = os.fspath(pretrained)
     if text.startswith(("http://", "https://")):
         return download_checkpoint(text)

@@ -1,0 +1,281 @@
+"""InternImage in Hugging Face transformers: a config, a backbone and an image classifier.
+
+Importing this module registers them with transformers' auto classes (``model_type``
+``"internimage"``), so that ``AutoBackbone``, ``AutoModelForImageClassification`` and every
+transformers model that takes a backbone through its config (``UperNetForSemanticSegmentation``,
+``Mask2FormerForUniversalSegmentation``, ...) build InternImage from an
+:class:`InternImageHFConfig`. The networks are this library's own modules
+(:class:`~internimage.models.internimage.InternImage`), wrapped; nothing is implemented twice.
+
+The config's fields are the upstream ``InternImage`` constructor arguments, as upstream's own
+Hugging Face repositories store them in ``config.json`` (``model_type: "internimage"``), and the
+classifier's weights are named as upstream names them there (``model.`` prefix, layer scale as
+``layer_scale1``/``layer_scale2``), so those repositories load with
+``InternImageHFForImageClassification.from_pretrained`` and no remote code.
+
+Needs the ``seg`` extra (``pip install internimage[seg]``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers import (
+    AutoBackbone,
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
+from transformers import initialization as hf_init
+from transformers.backbone_utils import BackboneConfigMixin, BackboneMixin
+from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutputWithNoAttention
+
+from internimage.layers.dcnv3 import DCNv3
+from internimage.models.config import VARIANTS, InternImageConfig
+from internimage.models.internimage import (
+    UPSTREAM_DEFAULTS,
+    Block,
+    InternImage,
+    InternImageFeatures,
+)
+
+__all__ = [
+    "STAGE_NAMES",
+    "InternImageHFBackbone",
+    "InternImageHFConfig",
+    "InternImageHFForImageClassification",
+    "InternImageHFPreTrainedModel",
+]
+
+#: Names of the four stages (strides 4, 8, 16, 32) in ``out_features``.
+STAGE_NAMES = ("stage1", "stage2", "stage3", "stage4")
+
+
+@strict
+class InternImageHFConfig(BackboneConfigMixin, PreTrainedConfig):
+    """Settings of an InternImage network in transformers.
+
+    The fields are the upstream ``InternImage`` constructor arguments (their defaults here are
+    InternImage-T's); :meth:`from_variant` fills them from a registered variant. As a backbone
+    the model returns the stages in ``out_features``/``out_indices`` (default: all four, which
+    UperNet needs).
+    """
+
+    model_type = "internimage"
+
+    core_op: str = "DCNv3"
+    channels: int = 64
+    depths: list[int] | tuple[int, ...] = (4, 4, 18, 4)
+    groups: list[int] | tuple[int, ...] = (4, 8, 16, 32)
+    num_classes: int = 1000
+    mlp_ratio: float = 4.0
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    drop_path_type: str = "linear"
+    act_layer: str = "GELU"
+    norm_layer: str = "LN"
+    layer_scale: float | None = None
+    offset_scale: float = 1.0
+    post_norm: bool = False
+    cls_scale: float = 1.5
+    with_cp: bool = False
+    dw_kernel_size: int | None = None
+    use_clip_projector: bool = False
+    level2_post_norm: bool = False
+    level2_post_norm_block_ids: list[int] | tuple[int, ...] | None = None
+    res_post_norm: bool = False
+    center_feature_scale: bool = False
+    remove_center: bool = False
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        self.stage_names = list(STAGE_NAMES)
+        out_features = kwargs.pop("out_features", None)
+        out_indices = kwargs.pop("out_indices", None)
+        if out_features is None and out_indices is None:
+            out_features, out_indices = self._out_features, self._out_indices
+        if out_features is None and out_indices is None:
+            # Dense heads read several stages (UperNet all four), unlike transformers' default of
+            # the last one.
+            out_indices = list(range(len(STAGE_NAMES)))
+        self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
+        super().__post_init__(**kwargs)
+
+    @classmethod
+    def from_variant(cls, name: str, **fields: Any) -> InternImageHFConfig:
+        """The config of a registered variant (e.g. ``"internimage_t"``), with ``fields`` on top.
+
+        Raises:
+            ValueError: Unknown variant name.
+        """
+        if name not in VARIANTS:
+            raise ValueError(f"unknown model {name!r}; available: {', '.join(VARIANTS)}")
+        return cls(**{**architecture_fields(VARIANTS[name].config), **fields})
+
+    def upstream_arguments(self) -> dict[str, Any]:
+        """The upstream ``InternImage`` constructor arguments of this config."""
+        args = {name: getattr(self, name) for name in UPSTREAM_DEFAULTS}
+        for name in ("depths", "groups", "level2_post_norm_block_ids"):
+            if args[name] is not None:
+                args[name] = tuple(int(v) for v in args[name])
+        return args
+
+
+def architecture_fields(config: InternImageConfig) -> dict[str, Any]:
+    """:class:`InternImageHFConfig` fields of one of this library's model configs (the field names
+    are the upstream ones in both)."""
+    fields = {
+        name: getattr(config, name) for name in InternImageConfig.field_names()
+        if name in UPSTREAM_DEFAULTS
+    }
+    for name in ("depths", "groups", "level2_post_norm_block_ids"):
+        if fields.get(name) is not None:
+            fields[name] = list(fields[name])
+    return fields
+
+
+class InternImageHFPreTrainedModel(PreTrainedModel):
+    """Common base: weight initialisation as this library's constructors do it."""
+
+    config: InternImageHFConfig
+    config_class = InternImageHFConfig
+    base_model_prefix = "model"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _no_split_modules = ["Block"]
+
+    def _dcnv3_linear_roles(self) -> dict[int, str]:
+        """``id(linear) -> role`` for the linear layers inside DCNv3 modules."""
+        roles: dict[int, str] | None = self.__dict__.get("_dcnv3_roles")
+        if roles is None:
+            roles = {}
+            for module in self.modules():
+                if isinstance(module, DCNv3):
+                    for role in ("offset", "mask", "input_proj", "output_proj"):
+                        roles[id(getattr(module, role))] = role
+            self.__dict__["_dcnv3_roles"] = roles
+        return roles
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # The initialisation of InternImage's constructor, one module at a time, through
+        # transformers' init functions, which leave weights loaded from a checkpoint alone (and
+        # each tensor is initialised once, so DCNv3's layers are decided at the layer itself).
+        if isinstance(module, nn.Linear):
+            role = self._dcnv3_linear_roles().get(id(module))
+            if role in ("offset", "mask"):
+                # Zero offsets and uniform point weights at the start.
+                hf_init.zeros_(module.weight)
+            elif role is not None:
+                hf_init.xavier_uniform_(module.weight)
+            else:
+                hf_init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                hf_init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm | nn.BatchNorm2d):
+            hf_init.ones_(module.weight)
+            hf_init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            # PyTorch's default initialisation of a convolution.
+            hf_init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                fan_in = module.weight.shape[1] * module.weight[0, 0].numel()
+                bound = 1.0 / math.sqrt(fan_in) if fan_in else 0.0
+                hf_init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, DCNv3) and module.center_feature_scale:
+            hf_init.zeros_(module.center_feature_scale_proj_weight)
+            hf_init.zeros_(module.center_feature_scale_proj_bias)
+        elif isinstance(module, Block) and module.layer_scale:
+            value = float(self.config.layer_scale)
+            hf_init.constant_(module.gamma1, value)
+            hf_init.constant_(module.gamma2, value)
+
+
+class InternImageHFBackbone(BackboneMixin, InternImageHFPreTrainedModel):
+    """InternImage as a transformers backbone: the stage maps named in ``out_features``.
+
+    ``forward(pixel_values [N, 3, H, W])`` returns a ``BackboneOutput`` whose ``feature_maps``
+    are NCHW maps at strides 4, 8, 16, 32 (``C, 2C, 4C, 8C`` channels), after each stage's norm.
+    """
+
+    has_attentions = False
+
+    def __init__(self, config: InternImageHFConfig) -> None:
+        super().__init__(config)
+        classifier = InternImage.from_upstream_config(
+            {**config.upstream_arguments(), "num_classes": 0}
+        )
+        self.model = InternImageFeatures(classifier, out_indices=tuple(config.out_indices))
+        self.num_features = [config.channels * 2**i for i in range(len(STAGE_NAMES))]
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> BackboneOutput:
+        """``[N, 3, H, W]`` images -> the maps of ``out_features`` (no hidden states beyond them,
+        no attentions: there are none)."""
+        maps = tuple(self.model(pixel_values))
+        return BackboneOutput(
+            feature_maps=maps, hidden_states=maps if output_hidden_states else None
+        )
+
+
+class InternImageHFForImageClassification(InternImageHFPreTrainedModel):
+    """InternImage classifier for transformers (``num_classes`` outputs).
+
+    Its weights are the classifier's under a ``model.`` prefix, as in upstream's Hugging Face
+    repositories.
+    """
+
+    def __init__(self, config: InternImageHFConfig) -> None:
+        super().__init__(config)
+        self.model = InternImage.from_upstream_config(config.upstream_arguments())
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> ImageClassifierOutputWithNoAttention:
+        """``[N, 3, H, W]`` images -> logits ``[N, num_classes]`` (and the cross-entropy loss when
+        ``labels [N]`` are given)."""
+        logits = self.model(pixel_values)
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits)
+
+
+def _register() -> None:
+    from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming
+
+    AutoConfig.register(InternImageHFConfig.model_type, InternImageHFConfig, exist_ok=True)
+    AutoBackbone.register(InternImageHFConfig, InternImageHFBackbone, exist_ok=True)
+    AutoModelForImageClassification.register(
+        InternImageHFConfig, InternImageHFForImageClassification, exist_ok=True
+    )
+    AutoModel.register(InternImageHFConfig, InternImageHFForImageClassification, exist_ok=True)
+    # Upstream's repositories name the layer scale layer_scale1/2 where the modules say
+    # gamma1/2; saving reverses the renaming, so saved files keep upstream's names.
+    register_checkpoint_conversion_mapping(
+        InternImageHFConfig.model_type,
+        [WeightRenaming("layer_scale1", "gamma1"),
+         WeightRenaming("layer_scale2", "gamma2")],
+        overwrite=True,
+    )
+
+
+_register()

@@ -1,0 +1,26 @@
+"""Semantic segmentation with InternImage backbones: UperNet through transformers.
+
+Needs the ``seg`` extra (``pip install internimage[seg]``); ``import internimage`` does not.
+"""
+
+from internimage.segmentation.pretrained import (
+    ADE20K_MODELS,
+    SegmentationWeights,
+    create_segmentation_model,
+)
+from internimage.segmentation.upernet import (
+    convert_mmseg_state_dict,
+    from_mmseg,
+    upernet_config,
+    upernet_from_mmseg_config,
+)
+
+__all__ = [
+    "ADE20K_MODELS",
+    "SegmentationWeights",
+    "convert_mmseg_state_dict",
+    "create_segmentation_model",
+    "from_mmseg",
+    "upernet_config",
+    "upernet_from_mmseg_config",
+]
