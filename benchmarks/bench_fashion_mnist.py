@@ -97,7 +97,7 @@ def main() -> None:
         "date_utc": stamp.isoformat(timespec="seconds"),
         "test_top1": top1,
         "test_top5": float(result.final["val_top5"]),
-        "best_top1": result.best_top1,
+        "best_top1": result.best_metric,
         "target_top1": args.target,
         "target_met": top1 >= args.target,
         # The EMA of the weights is evaluated too when the run keeps one (ema_decay set).
@@ -118,7 +118,7 @@ def main() -> None:
         f"- model: {config.model.name} at {config.data.image_size} px, "
         f"{config.schedule.epochs} epochs, total batch {config.batch_size}",
         f"- test top-1: **{top1:.2f}%** (top-5 {record['test_top5']:.2f}%, best epoch "
-        f"{result.best_top1:.2f}%); target {args.target:.1f}%: "
+        f"{result.best_metric:.2f}%); target {args.target:.1f}%: "
         f"{'met' if record['target_met'] else 'NOT met'}",
         *(
             [f"- test top-1 of the weight EMA: {record['test_top1_ema']:.2f}%"]

@@ -170,17 +170,28 @@ def run(args: argparse.Namespace) -> int:
         shutdown_distributed()
     if trainer.ctx.is_main:
         final = result.final
+        main = result.main_metric
+        label = _METRIC_LABELS.get(main, main)
+        nan = float("nan")
         lines = [
             "",
             f"finished in {result.wall_time_s / 60:.1f} min"
             + (f" ({result.total_time_s / 60:.1f} min with the earlier calls)"
                if result.total_time_s > result.wall_time_s else ""),
-            f"  test top-1 accuracy: {final.get('val_top1', float('nan')):.2f}% "
-            f"(top-5 {final.get('val_top5', float('nan')):.2f}%, best top-1 "
-            f"{result.best_top1:.2f}%)",
         ]
-        if "ema_top1" in final:
-            lines.append(f"  EMA top-1 accuracy: {final['ema_top1']:.2f}%")
+        if main == "top1":
+            lines.append(
+                f"  test top-1 accuracy: {final.get('val_top1', nan):.2f}% "
+                f"(top-5 {final.get('val_top5', nan):.2f}%, best top-1 "
+                f"{result.best_metric:.2f}%)"
+            )
+        else:
+            lines.append(
+                f"  validation {label}: {final.get(f'val_{main}', nan):.2f}% "
+                f"(best {result.best_metric:.2f}%)"
+            )
+        if f"ema_{main}" in final:
+            lines.append(f"  EMA {label}: {final[f'ema_{main}']:.2f}%")
         lines += [
             f"  checkpoint: {result.last_checkpoint} (best: {result.best_checkpoint})",
             f"  curves:     {result.plot}",
@@ -189,6 +200,10 @@ def run(args: argparse.Namespace) -> int:
         ]
         print("\n".join(lines), flush=True)
     return 0
+
+
+# How the summary names a task's main metric.
+_METRIC_LABELS = {"top1": "top-1 accuracy", "mIoU": "mIoU"}
 
 
 class Interrupted(KeyboardInterrupt):

@@ -24,10 +24,19 @@ from internimage.train.distributed import GlobalBatchNorm2d, ShardedBatchSampler
 from internimage.train.ema import ModelEma
 from internimage.train.evaluate import evaluate
 from internimage.train.schedule import WarmupCosineSchedule, scaled_lr
-from internimage.train.trainer import RunResult, Trainer, build_datasets, create_classifier
+from internimage.train.tasks import (
+    TASKS,
+    ClassificationTask,
+    Task,
+    build_datasets,
+    create_classifier,
+)
+from internimage.train.trainer import RunResult, Trainer
 
 __all__ = [
     "PRESETS",
+    "TASKS",
+    "ClassificationTask",
     "DataConfig",
     "GlobalBatchNorm2d",
     "ModelConfig",
@@ -36,6 +45,7 @@ __all__ = [
     "RunResult",
     "ScheduleConfig",
     "ShardedBatchSampler",
+    "Task",
     "TrainConfig",
     "Trainer",
     "WarmupCosineSchedule",

@@ -32,6 +32,7 @@ __all__ = [
 _DATASETS = ("fashion-mnist-subset", "fashion-mnist", "folder")
 _AMP = ("auto", "none", "bf16", "fp16")
 _STRATEGIES = ("ddp", "fsdp")
+_TASKS = ("classification", "segmentation")
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,8 @@ class TrainConfig:
     """Everything a training run needs; saved as ``config.json`` in the run folder.
 
     Attributes:
+        task: What is trained: ``classification`` or ``segmentation``
+            (:mod:`internimage.train.tasks`).
         model: Network choice.
         data: Dataset and input shaping.
         augment: Training augmentation and target mixing.
@@ -229,6 +232,7 @@ class TrainConfig:
         progress: Show progress bars (tqdm) when the output is a terminal.
     """
 
+    task: str = "classification"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -251,6 +255,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.task not in _TASKS:
+            raise ConfigError(f"task must be one of {_TASKS}, got {self.task!r}")
         if self.batch_size < 1 or self.accum_steps < 1:
             raise ConfigError("batch_size and accum_steps must be >= 1")
         if self.amp not in _AMP:

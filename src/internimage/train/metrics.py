@@ -99,8 +99,25 @@ def _format(value: object) -> str:
     return str(value)
 
 
-def plot_curves(steps_log: MetricLog, epochs_log: MetricLog, path: str | Path) -> None:
-    """Training loss and validation accuracy against optimiser steps, as a PNG."""
+def plot_curves(
+    steps_log: MetricLog,
+    epochs_log: MetricLog,
+    path: str | Path,
+    *,
+    metrics: Sequence[tuple[str, str]] = (
+        ("val_top1", "top-1"), ("val_top5", "top-5"), ("ema_top1", "EMA top-1")
+    ),
+    metric_label: str = "validation accuracy (%)",
+) -> None:
+    """Training loss and validation metrics against optimiser steps, as a PNG.
+
+    Args:
+        steps_log: Rows with ``step`` and ``train_loss``.
+        epochs_log: Rows with ``step``, ``val_loss`` and the ``metrics`` keys.
+        path: The PNG to write.
+        metrics: ``(column, label)`` of the metrics in the right-hand panel.
+        metric_label: Its axis label.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -117,12 +134,12 @@ def plot_curves(steps_log: MetricLog, epochs_log: MetricLog, path: str | Path) -
     loss_ax.set_ylabel("loss")
     loss_ax.grid(alpha=0.3)
     loss_ax.legend()
-    for key, label in (("val_top1", "top-1"), ("val_top5", "top-5"), ("ema_top1", "EMA top-1")):
+    for key, label in metrics:
         series = epochs_log.column(key)
         if series:
             acc_ax.plot(*zip(*series, strict=True), "o-", label=label)
     acc_ax.set_xlabel("optimiser step")
-    acc_ax.set_ylabel("validation accuracy (%)")
+    acc_ax.set_ylabel(metric_label)
     acc_ax.grid(alpha=0.3)
     acc_ax.legend()
     figure.tight_layout()

@@ -21,14 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from internimage.data.augment import MixupCutmix, TrainAugmentation, soft_target_cross_entropy
-from internimage.data.datasets import (
-    ImageFolderDataset,
-    collate_skipping_unreadable,
-)
-from internimage.data.fashion_mnist import FASHION_MNIST_CLASSES, fashion_mnist_dataset
-from internimage.data.transforms import ResizeCenterCrop, normalize, to_float_images
-from internimage.errors import CheckpointFileError, ConfigError, DataError, RunExistsError
+from internimage.errors import ConfigError, DataError, RunExistsError
 from internimage.files import remove_stale_temporaries
 from internimage.train.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -38,7 +31,6 @@ from internimage.train.checkpoint import (
     restore_rng_state,
 )
 from internimage.train.config import (
-    DataConfig,
     TrainConfig,
     config_from_dict,
     config_to_dict,
@@ -53,7 +45,7 @@ from internimage.train.distributed import (
     resolve_device,
 )
 from internimage.train.ema import ModelEma
-from internimage.train.evaluate import autocast_context, evaluate
+from internimage.train.evaluate import autocast_context
 from internimage.train.launch import (
     LOCAL_WORKERS_ENV,
     local_worker_count,
@@ -62,12 +54,9 @@ from internimage.train.launch import (
 )
 from internimage.train.metrics import MetricLog, plot_curves
 from internimage.train.schedule import WarmupCosineSchedule, scaled_lr
+from internimage.train.tasks import Task, create_task
 
-__all__ = ["RunResult", "Trainer", "build_datasets", "create_classifier", "resolve_amp"]
-
-# Training-time resize of folder images before the on-device random resized crop: a bit larger
-# than the network input so crops keep detail (the usual 224 -> 256 ratio).
-_TRAIN_LOAD_RATIO = 256 / 224
+__all__ = ["RUN_FILES", "RunResult", "Trainer", "claim_run_dir", "resolve_amp"]
 
 #: What a run writes into its folder; any of them there means the folder holds a run.
 RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.csv", "train_steps.csv", "curves.png")
@@ -92,68 +81,6 @@ def claim_run_dir(run_dir: Path, *, overwrite: bool) -> None:
     for name in present:
         (run_dir / name).unlink()
     shutil.rmtree(run_dir / _TENSORBOARD_DIR, ignore_errors=True)
-
-
-def build_datasets(data: DataConfig) -> tuple[Dataset, Dataset, tuple[str, ...]]:
-    """Training set, validation set and class names of ``data``.
-
-    Items are ``(uint8 [C, H, W], label)``; folder images come resized and centre-cropped
-    (training: to about 1.14x the input side, validation: the evaluation transform).
-    """
-    if data.dataset in ("fashion-mnist-subset", "fashion-mnist"):
-        train_set: Dataset = fashion_mnist_dataset(data.dataset, "train", data.root)
-        val_set: Dataset = fashion_mnist_dataset(data.dataset, "test", data.root)
-        classes = FASHION_MNIST_CLASSES
-    else:
-        if data.root is None:
-            raise ConfigError(
-                "data.dataset='folder' needs data.root (the folder with the splits), e.g. "
-                "--data-root DIR"
-            )
-        root = Path(data.root)
-        load_size = int(round(data.image_size * _TRAIN_LOAD_RATIO))
-        train_set = ImageFolderDataset(
-            root / data.train_split, ResizeCenterCrop(load_size, 1.0, "bilinear")
-        )
-        classes = train_set.classes
-        val_set = ImageFolderDataset(
-            root / data.val_split,
-            ResizeCenterCrop(data.image_size, data.crop_fraction, data.interpolation),
-            classes=classes,
-        )
-    if data.train_limit is not None:
-        train_set = torch.utils.data.Subset(train_set, range(min(data.train_limit, len(train_set))))
-    if data.val_limit is not None:
-        val_set = torch.utils.data.Subset(val_set, range(min(data.val_limit, len(val_set))))
-    return train_set, val_set, tuple(classes)
-
-
-def create_classifier(config: TrainConfig, num_classes: int) -> nn.Module:
-    """The model of ``config.model`` with a ``num_classes`` head, fine-tuning weights loaded."""
-    import internimage
-
-    settings = config.model
-    model = internimage.create_model(
-        settings.name,
-        pretrained=settings.pretrained,
-        num_classes=num_classes,
-        drop_path_rate=settings.drop_path_rate,
-        **settings.architecture_overrides(),
-    )
-    if settings.finetune is not None:
-        # Non-strict: the classifier of the source usually has another class count; every other
-        # tensor must match.
-        result = internimage.load_checkpoint(model, settings.finetune, strict=False)
-        skipped = result.missing + tuple(name for name, *_ in result.mismatched)
-        head_only = all(name.startswith("head.") for name in skipped)
-        if not head_only or result.unexpected:
-            raise CheckpointFileError(
-                f"fine-tuning checkpoint {settings.finetune} does not fit {settings.name} beyond "
-                f"its classifier:\n{result.describe()}"
-            )
-    if settings.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    return model
 
 
 def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -183,7 +110,11 @@ class RunResult:
     metrics_csv: Path
     plot: Path
     final: dict[str, float]
-    best_top1: float
+    #: Name of the metric that decided ``best.pt`` (``top1``, ``mIoU``); ``final`` holds it as
+    #: ``val_<name>``.
+    main_metric: str
+    #: Its best value over the run.
+    best_metric: float
     #: Seconds this call of :meth:`Trainer.fit` took.
     wall_time_s: float
     #: Seconds of the whole run: ``wall_time_s`` plus, for a resumed run, the time of the earlier
@@ -284,7 +215,7 @@ class Trainer:
             dataset,
             batch_sampler=sampler,
             num_workers=cfg.num_workers,
-            collate_fn=collate_skipping_unreadable,
+            collate_fn=self.task.collate,
             pin_memory=self.ctx.device.type == "cuda",
             persistent_workers=cfg.num_workers > 0,
             # Its own generator, so worker seeding never draws from the global torch RNG that the
@@ -419,18 +350,15 @@ class Trainer:
             "global_step": self.global_step,
             "epoch_loss_sum": loss_sum,
             "epoch_loss_steps": epoch_loss[1],
-            "best_top1": self.best_top1,
+            "best_metric": self.best_metric,
+            "main_metric": self.task.main_metric,
             # Run time up to this checkpoint, over every call that worked on the run.
             "train_time_s": self._earlier_time_s + time.perf_counter() - self._started,
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float | str)},
             "config": config_to_dict(self.config),
+            "task": self.config.task,
             "model_name": self.config.model.name,
-            "classes": list(self.classes),
-            "image_size": self.config.data.image_size,
-            "mean": list(self.config.data.mean),
-            "std": list(self.config.data.std),
-            "crop_fraction": self.config.data.crop_fraction,
-            "interpolation": self.config.data.interpolation,
+            **self.task.checkpoint_metadata(),
             "world_size": self.ctx.world_size,
         }
         atomic_save(payload, path)
@@ -457,8 +385,10 @@ class Trainer:
             remove_stale_temporaries(run_dir)
         # Same seed everywhere for the weights; DDP/FSDP also broadcast rank 0's.
         torch.manual_seed(cfg.seed)
-        train_set, val_set, self.classes = build_datasets(cfg.data)
-        net = create_classifier(cfg, len(self.classes)).to(device)
+        self.task: Task = create_task(cfg)
+        train_set, val_set = self.task.build_datasets()
+        self.classes = self.task.classes
+        net = self.task.build_model().to(device)
         self.net = net
         self.ema = (
             ModelEma(net, cfg.ema_decay, warmup=cfg.ema_warmup)
@@ -506,18 +436,18 @@ class Trainer:
             warmup_steps=int(round(cfg.schedule.warmup_epochs * steps_per_epoch)),
             total_steps=total_steps,
         )
-        augment = TrainAugmentation(cfg.augment, cfg.data.image_size).to(device)
-        mixer = MixupCutmix(cfg.augment, len(self.classes))
+        self.task.setup(device)
 
         # Different augmentation per process; the resumed state overrides this below.
         torch.manual_seed(cfg.seed + 7919 * self.ctx.rank)
-        self.global_step, self.best_top1 = 0, -1.0
+        self.global_step, self.best_metric = 0, float("-inf")
         start_epoch, start_step = 0, 0
         if self.resume_state is not None:
             state = self.resume_state
             self._load_states(state)
             self.global_step = int(state["global_step"])
-            self.best_top1 = float(state["best_top1"])
+            # Checkpoints of classification runs before tasks existed name it best_top1.
+            self.best_metric = float(state.get("best_metric", state.get("best_top1")))
             start_epoch, start_step = int(state["epoch"]), int(state["step_in_epoch"])
             # Checkpoints from before the run time was recorded count as zero.
             self._earlier_time_s = float(state.get("train_time_s", 0.0))
@@ -579,7 +509,7 @@ class Trainer:
                 epoch_steps = int(self.resume_state.get("epoch_loss_steps", 0))
             for step_in_epoch in range(first, steps_per_epoch):
                 lr = self.schedule.apply()
-                loss_value = self._train_step(batches, augment, mixer, device)
+                loss_value = self._train_step(batches, device)
                 self.schedule.step()
                 self.global_step += 1
                 epoch_loss += loss_value
@@ -621,8 +551,9 @@ class Trainer:
                 metrics = self._evaluate_all(eval_model, val_loader, epoch, epoch_loss, epoch_steps)
                 if self.ctx.is_main:
                     epochs_log.append(metrics)
-                improved = metrics["val_top1"] > self.best_top1
-                self.best_top1 = max(self.best_top1, metrics["val_top1"])
+                score = metrics[f"val_{self.task.main_metric}"]
+                improved = score > self.best_metric
+                self.best_metric = max(self.best_metric, score)
                 self._save(paths["last"], epoch + 1, 0, metrics)
                 if improved:
                     self._save(paths["best"], epoch + 1, 0, metrics)
@@ -631,7 +562,10 @@ class Trainer:
 
         wall = time.perf_counter() - self._started
         if self.ctx.is_main:
-            plot_curves(steps_log, epochs_log, paths["plot"])
+            plot_curves(
+                steps_log, epochs_log, paths["plot"],
+                metrics=self._curve_metrics(), metric_label=self.task.curve_label,
+            )
             epochs_log.close()
         if not metrics and self.resume_state is not None:
             metrics = dict(self.resume_state.get("metrics", {}))
@@ -642,7 +576,8 @@ class Trainer:
             metrics_csv=paths["epochs"],
             plot=paths["plot"],
             final=metrics,
-            best_top1=self.best_top1,
+            main_metric=self.task.main_metric,
+            best_metric=self.best_metric,
             wall_time_s=wall,
             total_time_s=self._earlier_time_s + wall,
         )
@@ -665,35 +600,25 @@ class Trainer:
         self.run_dir = result.run_dir
         return result
 
-    def _train_step(
-        self,
-        batches: Any,
-        augment: TrainAugmentation,
-        mixer: MixupCutmix,
-        device: torch.device,
-    ) -> float:
+    def _train_step(self, batches: Any, device: torch.device) -> float:
         """One optimiser step over ``accum_steps`` micro-batches; returns this process's loss."""
         cfg = self.config
         loss_sum = torch.zeros((), dtype=torch.float64)
         for micro in range(cfg.accum_steps):
-            images, labels = next(batches)
-            if images.shape[0] == 0:
+            batch = next(batches)
+            if batch[0].shape[0] == 0:
                 # Every file of the batch failed to decode (each was named in a warning).
                 raise DataError(
                     f"no image of a training batch could be read (step {self.global_step + 1}); "
                     "fix or remove the unreadable files named in the warnings above"
                 )
-            x = to_float_images(images.to(device, non_blocking=True), cfg.data.image_size)
-            labels = labels.to(device, non_blocking=True)
-            x = augment(x)
-            x = augment.erase(normalize(x, cfg.data.mean, cfg.data.std))
-            x, targets = mixer(x, labels)
             sync = micro == cfg.accum_steps - 1 or not hasattr(self.model, "no_sync")
             context = self.model.no_sync() if not sync else nullcontext()
             with context:
-                with autocast_context(device, self.amp_dtype):
-                    logits = self.model(x)
-                loss = soft_target_cross_entropy(logits, targets) / cfg.accum_steps
+                losses = self.task.training_losses(
+                    self.model, batch, device, lambda: autocast_context(device, self.amp_dtype)
+                )
+                loss = losses["loss"] / cfg.accum_steps
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"training loss became {float(loss)} at step {self.global_step}; lower "
@@ -723,6 +648,13 @@ class Trainer:
         total = torch.tensor([value], dtype=torch.float64, device=self.ctx.device)
         return float(all_reduce_sum(total)) / self.ctx.world_size
 
+    def _curve_metrics(self) -> tuple[tuple[str, str], ...]:
+        curves = tuple((f"val_{key}", label) for key, label in self.task.curve_metrics)
+        if self.ema is not None:
+            main = dict(self.task.curve_metrics)[self.task.main_metric]
+            curves += ((f"ema_{self.task.main_metric}", f"EMA {main}"),)
+        return curves
+
     def _evaluate_all(
         self,
         model: nn.Module,
@@ -732,28 +664,22 @@ class Trainer:
         epoch_steps: int,
     ) -> dict[str, Any]:
         cfg = self.config
-        common = dict(
-            device=self.ctx.device, image_size=cfg.data.image_size, mean=cfg.data.mean,
-            std=cfg.data.std, amp_dtype=self.amp_dtype,
-        )
-        result = evaluate(model, loader, **common)
+        device = self.ctx.device
+        result = self.task.evaluate(model, loader, device, self.amp_dtype)
         row: dict[str, Any] = {
             "step": self.global_step,
             "epoch": epoch + 1,
             "train_loss": epoch_loss / max(epoch_steps, 1),
-            "val_loss": result["loss"],
-            "val_top1": result["top1"],
-            "val_top5": result["top5"],
+            **{f"val_{key}": value for key, value in result.items()},
         }
-        if self.ema is not None:
-            ema_result = evaluate(self.ema.module, loader, **common)
-            row.update(ema_top1=ema_result["top1"], ema_top5=ema_result["top5"])
         message = (
             f"epoch {epoch + 1}/{cfg.schedule.epochs}: train loss {row['train_loss']:.4f}, "
-            f"validation loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f}% top-5 "
-            f"{row['val_top5']:.2f}%"
+            f"validation" + (f" loss {result['loss']:.4f}" if "loss" in result else "")
+            + f" {self.task.describe(result)}"
         )
         if self.ema is not None:
-            message += f", EMA top-1 {row['ema_top1']:.2f}%"
+            ema_result = self.task.evaluate(self.ema.module, loader, device, self.amp_dtype)
+            row.update({f"ema_{key}": value for key, value in ema_result.items()})
+            message += f", EMA {self.task.describe(ema_result)}"
         self._say(message)
         return row
