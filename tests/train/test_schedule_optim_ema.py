@@ -100,3 +100,17 @@ def test_model_param_groups_exempt_1d_params_from_decay() -> None:
     decayed = model.param_groups(0.05, layer_decay=0.5)
     scales = {g["lr_scale"] for g in decayed}
     assert max(scales) == 1.0 and min(scales) < 1e-3
+
+
+def test_warmup_then_poly_decay_to_min() -> None:
+    """mmseg's poly schedule: (1 - progress) ** power after the warm-up."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
+    schedule = WarmupCosineSchedule(optimizer, base_lr=1.0, warmup_lr=0.0, min_lr=0.1,
+                                    warmup_steps=2, total_steps=12, decay="poly", power=2.0)
+    assert [schedule.value(s) for s in (0, 1)] == [0.0, 0.5]
+    for step in range(2, 13):
+        progress = (step - 2) / 10
+        assert schedule.value(step) == pytest.approx(0.1 + 0.9 * (1 - progress) ** 2)
+    with pytest.raises(ValueError, match="decay"):
+        WarmupCosineSchedule(optimizer, base_lr=1.0, warmup_lr=0.0, min_lr=0.0, warmup_steps=0,
+                             total_steps=1, decay="step")

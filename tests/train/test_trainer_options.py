@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from tiny_settings import NO_AUGMENTATION, TINY_SETTINGS
 
@@ -53,3 +54,26 @@ def test_finetune_replaces_the_head(tmp_path: Path) -> None:
         state["model"]["patch_embed.conv1.weight"], source.state_dict()["patch_embed.conv1.weight"],
         rtol=0, atol=1e-6,
     )
+
+
+def test_a_run_counted_in_steps_stops_at_its_last_step(tmp_path: Path) -> None:
+    """Six steps at four per epoch: two epochs, the second cut after two steps, evaluated."""
+    config = apply_overrides(
+        PRESETS["fashion-mnist"],
+        TINY_SETTINGS + NO_AUGMENTATION + ["schedule.steps=6", "schedule.warmup_steps=2",
+                                           "schedule.decay=poly", "schedule.min_lr=0",
+                                           f"output_dir={tmp_path}", "name=steps"],
+    )
+    result = Trainer(config).fit()
+    state = load_training_checkpoint(result.last_checkpoint)
+    assert state["global_step"] == 6 and state["scheduler"]["step_count"] == 6
+    with (result.run_dir / "metrics.csv").open() as handle:
+        assert [line.split(",")[:2] for line in handle.read().splitlines()[1:]] == [
+            ["4", "1"], ["6", "2"]
+        ]
+    rates = [float(line.split(",")[2]) for line in
+             (result.run_dir / "train_steps.csv").read_text().splitlines()[1:]]
+    # Warm-up to the peak in two steps, then linear (poly, power 1) decay towards 0 at step 6.
+    peak = rates[2]
+    assert rates[0] < rates[1] < peak
+    assert rates[3:] == pytest.approx([peak * 3 / 4, peak / 2, peak / 4], rel=1e-6)

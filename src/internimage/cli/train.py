@@ -11,6 +11,7 @@ __all__ = ["add_parser", "run"]
 # Flag -> dotted config key, for the settings people change most; every other field is reachable
 # with --set.
 _FLAG_KEYS: dict[str, str] = {
+    "task": "task",
     "model": "model.name",
     "pretrained": "model.pretrained",
     "finetune": "model.finetune",
@@ -42,14 +43,17 @@ _FLAG_KEYS: dict[str, str] = {
 
 def add_parser(subparsers: Any) -> None:
     """Register ``train``."""
-    from internimage.train.config import PRESETS
+    from internimage.train.config import CLASSIFICATION_DATASETS, PRESETS, SEGMENTATION_DATASETS
 
     parser = subparsers.add_parser(
         "train",
-        help="train a classifier (no arguments: the Fashion-MNIST quick job)",
+        help="train a classifier or a segmentation model (no arguments: the Fashion-MNIST "
+             "quick job)",
         description=(
-            "Train an InternImage classifier. Without arguments it trains a small model on the "
-            "bundled Fashion-MNIST subset. Settings come from --preset (or --config FILE), then "
+            "Train InternImage: a classifier, or UperNet for semantic segmentation (--preset "
+            "fashion-mnist-scenes, --preset ade20k). Without arguments it trains a small "
+            "classifier on the bundled Fashion-MNIST subset. Settings come from --preset (or "
+            "--config FILE), then "
             "--set section.key=value overrides, then the explicit flags below. On a CPU, "
             "--processes N trains in N local worker processes that share each batch (the "
             "Fashion-MNIST preset uses one per core). Several machines or GPUs: torchrun "
@@ -73,13 +77,14 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config as JSON and exit")
     group = parser.add_argument_group("common settings (shortcuts for --set)")
+    group.add_argument("--task", choices=["classification", "segmentation"])
     group.add_argument("--model", help="model name, e.g. internimage_t")
     group.add_argument("--pretrained", action="store_const", const="true",
                        help="start from the released weights")
     group.add_argument("--finetune", help="checkpoint to fine-tune from (new head)")
     group.add_argument("--drop-path-rate", dest="drop_path_rate")
     group.add_argument("--grad-checkpointing", action="store_const", const="true")
-    group.add_argument("--data", choices=["fashion-mnist-subset", "fashion-mnist", "folder"])
+    group.add_argument("--data", choices=list(CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS))
     group.add_argument("--data-root", help="dataset folder")
     group.add_argument("--image-size", dest="image_size")
     group.add_argument("--workers", help="DataLoader workers per process")
@@ -124,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         apply_overrides,
         config_to_dict,
         load_config_file,
+        parse_overrides,
     )
     from internimage.train.distributed import shutdown_distributed
     from internimage.train.trainer import Trainer
@@ -142,12 +148,8 @@ def run(args: argparse.Namespace) -> int:
         if args.print_config:
             raise UsageError("--print-config shows a new run's config; the run to resume has "
                              "its own in config.json")
-        from internimage.train.config import TrainConfig
-
-        # Validate the overrides against a config now; they are re-applied to the stored one.
-        apply_overrides(TrainConfig(), assignments)
-        overrides = _nested(assignments)
-        trainer = Trainer(resume=args.resume, config_overrides=overrides)
+        # Applied to the run's stored config, which checks them.
+        trainer = Trainer(resume=args.resume, config_overrides=parse_overrides(assignments))
     else:
         base = PRESETS[args.preset]
         if args.config is not None:
@@ -196,8 +198,9 @@ def run(args: argparse.Namespace) -> int:
             f"  checkpoint: {result.last_checkpoint} (best: {result.best_checkpoint})",
             f"  curves:     {result.plot}",
             f"  metrics:    {result.metrics_csv}",
-            f"  evaluate:   internimage eval --checkpoint {result.best_checkpoint}",
         ]
+        if main == "top1":
+            lines.append(f"  evaluate:   internimage eval --checkpoint {result.best_checkpoint}")
         print("\n".join(lines), flush=True)
     return 0
 
@@ -208,16 +211,3 @@ _METRIC_LABELS = {"top1": "top-1 accuracy", "mIoU": "mIoU"}
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during training, with how to continue the run in its message."""
-
-
-def _nested(assignments: list[str]) -> dict[str, Any]:
-    """``["a.b=1"]`` -> ``{"a": {"b": "1"}}`` (values converted later by the config)."""
-    out: dict[str, Any] = {}
-    for assignment in assignments:
-        key, _, value = assignment.partition("=")
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value.strip()
-    return out

@@ -1,4 +1,4 @@
-"""Learning-rate scaling and the per-step cosine schedule with linear warm-up."""
+"""Learning-rate scaling and the per-step schedule: linear warm-up, then cosine or poly decay."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ class WarmupCosineSchedule:
     """Sets every group's lr to ``value(step) * group['lr_scale']`` once per optimiser step.
 
     ``value`` rises linearly from ``warmup_lr`` (step 0) towards ``base_lr`` over
-    ``warmup_steps``, then follows a half cosine from ``base_lr`` down to ``min_lr`` at
-    ``total_steps``. The first call of :meth:`apply` happens before the first step.
+    ``warmup_steps``, then decays from ``base_lr`` to ``min_lr`` at ``total_steps``: along a half
+    cosine, or (``decay="poly"``, mmseg's schedule) as ``(1 - progress) ** power``. The first
+    call of :meth:`apply` happens before the first step.
 
     Args:
         optimizer: Its param groups may carry ``lr_scale`` (layer-wise decay); default 1.
@@ -33,6 +34,8 @@ class WarmupCosineSchedule:
         min_lr: Learning rate at the last step.
         warmup_steps: Warm-up length in optimiser steps.
         total_steps: Total optimiser steps of the run.
+        decay: ``cosine`` or ``poly``.
+        power: Power of the polynomial decay.
     """
 
     def __init__(
@@ -44,7 +47,11 @@ class WarmupCosineSchedule:
         min_lr: float,
         warmup_steps: int,
         total_steps: int,
+        decay: str = "cosine",
+        power: float = 1.0,
     ) -> None:
+        if decay not in ("cosine", "poly"):
+            raise ValueError(f"decay must be 'cosine' or 'poly', got {decay!r}")
         if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
             raise ValueError(
                 f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps}), "
@@ -56,6 +63,8 @@ class WarmupCosineSchedule:
         self.min_lr = min_lr
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
+        self.decay = decay
+        self.power = power
         self.step_count = 0
 
     def value(self, step: int) -> float:
@@ -64,8 +73,11 @@ class WarmupCosineSchedule:
             return self.warmup_lr + (self.base_lr - self.warmup_lr) * step / self.warmup_steps
         decay_steps = self.total_steps - self.warmup_steps
         progress = min(1.0, (step - self.warmup_steps) / max(1, decay_steps))
-        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
-        return self.min_lr + (self.base_lr - self.min_lr) * cosine
+        if self.decay == "poly":
+            factor = (1.0 - progress) ** self.power
+        else:
+            factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_lr + (self.base_lr - self.min_lr) * factor
 
     def apply(self) -> float:
         """Set the lr of the coming step on every group; returns the unscaled value."""

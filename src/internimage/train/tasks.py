@@ -81,6 +81,12 @@ class Task:
         """Build the training augmentation on ``device`` (after the model, before training)."""
         raise NotImplementedError
 
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """Optimiser groups of ``model`` (unwrapped): no weight decay on 1-D parameters and
+        biases, layer-wise learning-rate scales (``lr_scale``) from ``optim.layer_decay``."""
+        optim = self.config.optim
+        return model.param_groups(optim.weight_decay, layer_decay=optim.layer_decay)
+
     def training_losses(
         self, model: nn.Module, batch: Batch, device: torch.device, autocast: Autocast
     ) -> dict[str, torch.Tensor]:

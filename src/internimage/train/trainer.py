@@ -414,12 +414,16 @@ class Trainer:
                 f"{len(train_set)} training images give no full step of {total_batch} images; "
                 f"lower batch_size or accum_steps"
             )
-        total_steps = steps_per_epoch * cfg.schedule.epochs
+        # Counted in steps (ADE20K's iterations) or in epochs; the last epoch of a step count
+        # may end early.
+        total_steps = cfg.schedule.steps or steps_per_epoch * cfg.schedule.epochs
+        num_epochs = -(-total_steps // steps_per_epoch)
+        self._num_epochs = num_epochs
         base_lr = scaled_lr(cfg.optim.lr, total_batch)
 
         self.model = self._wrap(net)
         # Groups are built on the wrapped parameters (FSDP replaces them by sharded ones).
-        groups = net.param_groups(cfg.optim.weight_decay, layer_decay=cfg.optim.layer_decay)
+        groups = self.task.param_groups(net)
         # The fused AdamW updates every parameter in one kernel; torch's default on CPU is a
         # Python loop over the parameters, which costs about 5x as long (25 ms a step for atto on
         # one core). FSDP's sharded parameters take the multi-tensor form instead.
@@ -433,8 +437,12 @@ class Trainer:
             base_lr=base_lr,
             warmup_lr=scaled_lr(cfg.schedule.warmup_lr, total_batch),
             min_lr=scaled_lr(cfg.schedule.min_lr, total_batch),
-            warmup_steps=int(round(cfg.schedule.warmup_epochs * steps_per_epoch)),
+            warmup_steps=(cfg.schedule.warmup_steps if cfg.schedule.warmup_steps is not None
+                          else min(total_steps,
+                                   int(round(cfg.schedule.warmup_epochs * steps_per_epoch)))),
             total_steps=total_steps,
+            decay=cfg.schedule.decay,
+            power=cfg.schedule.power,
         )
         self.task.setup(device)
 
@@ -470,7 +478,9 @@ class Trainer:
         self._say(
             f"training {cfg.model.name} ({n_params / 1e6:.2f}M parameters) on {cfg.data.dataset}: "
             f"{len(train_set)} train / {len(val_set)} validation images, {len(self.classes)} "
-            f"classes, {cfg.schedule.epochs} epochs x {steps_per_epoch} steps, total batch "
+            f"classes, {num_epochs} epochs x {steps_per_epoch} steps"
+            + (f" ({total_steps} in all)" if total_steps != num_epochs * steps_per_epoch else "")
+            + ", total batch "
             f"{total_batch}, lr {base_lr:.3g}, {self.ctx.world_size} process(es) on {device}, "
             f"run folder {run_dir}"
             + (f" (resuming at epoch {start_epoch + 1} step {start_step})" if start_step or
@@ -489,7 +499,9 @@ class Trainer:
         run_started = time.perf_counter()
         steps_at_start = self.global_step
 
-        for epoch in range(start_epoch, cfg.schedule.epochs):
+        for epoch in range(start_epoch, num_epochs):
+            # The last epoch of a run counted in steps stops at its last step.
+            epoch_end = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
             first = start_step if epoch == start_epoch else 0
             sampler.set_epoch(epoch, start_batch=first * cfg.accum_steps)
             batches = iter(train_loader)
@@ -499,15 +511,15 @@ class Trainer:
                 from tqdm import tqdm
 
                 bar = tqdm(
-                    total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/"
-                    f"{cfg.schedule.epochs}", unit="step", dynamic_ncols=True, leave=False,
+                    total=epoch_end, initial=first, desc=f"epoch {epoch + 1}/{num_epochs}",
+                    unit="step", dynamic_ncols=True, leave=False,
                 )
             epoch_loss, epoch_steps = 0.0, 0
             if epoch == start_epoch and first and self.resume_state is not None:
                 # The epoch's steps before the checkpoint count towards its mean training loss.
                 epoch_loss = float(self.resume_state.get("epoch_loss_sum", 0.0))
                 epoch_steps = int(self.resume_state.get("epoch_loss_steps", 0))
-            for step_in_epoch in range(first, steps_per_epoch):
+            for step_in_epoch in range(first, epoch_end):
                 lr = self.schedule.apply()
                 loss_value = self._train_step(batches, device)
                 self.schedule.step()
@@ -517,7 +529,7 @@ class Trainer:
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
                     bar.update(1)
-                if self.global_step % cfg.log_every == 0 or step_in_epoch == steps_per_epoch - 1:
+                if self.global_step % cfg.log_every == 0 or step_in_epoch == epoch_end - 1:
                     # Averaged over the processes only where it is logged: every collective is
                     # a point where the processes wait for each other.
                     loss_value = self._mean_over_processes(loss_value)
@@ -531,13 +543,13 @@ class Trainer:
                         elapsed = time.perf_counter() - run_started
                         left = (total_steps - self.global_step) * elapsed / max(done, 1)
                         self._say(
-                            f"epoch {epoch + 1}/{cfg.schedule.epochs} step "
-                            f"{step_in_epoch + 1}/{steps_per_epoch} loss {loss_value:.4f} "
+                            f"epoch {epoch + 1}/{num_epochs} step "
+                            f"{step_in_epoch + 1}/{epoch_end} loss {loss_value:.4f} "
                             f"lr {lr:.2e} {done * total_batch / max(elapsed, 1e-9):.0f} img/s "
                             f"elapsed {_format_duration(elapsed)} eta {_format_duration(left)}"
                         )
                 if (cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0
-                        and step_in_epoch < steps_per_epoch - 1):
+                        and step_in_epoch < epoch_end - 1):
                     self._save(
                         paths["last"], epoch, step_in_epoch + 1, metrics,
                         epoch_loss=(epoch_loss, epoch_steps),
@@ -546,7 +558,7 @@ class Trainer:
                 bar.close()
 
             epoch_loss = self._mean_over_processes(epoch_loss)
-            last_epoch = epoch == cfg.schedule.epochs - 1
+            last_epoch = epoch == num_epochs - 1
             if (epoch + 1) % cfg.eval_every == 0 or last_epoch:
                 metrics = self._evaluate_all(eval_model, val_loader, epoch, epoch_loss, epoch_steps)
                 if self.ctx.is_main:
@@ -663,7 +675,6 @@ class Trainer:
         epoch_loss: float,
         epoch_steps: int,
     ) -> dict[str, Any]:
-        cfg = self.config
         device = self.ctx.device
         result = self.task.evaluate(model, loader, device, self.amp_dtype)
         row: dict[str, Any] = {
@@ -673,7 +684,7 @@ class Trainer:
             **{f"val_{key}": value for key, value in result.items()},
         }
         message = (
-            f"epoch {epoch + 1}/{cfg.schedule.epochs}: train loss {row['train_loss']:.4f}, "
+            f"epoch {epoch + 1}/{self._num_epochs}: train loss {row['train_loss']:.4f}, "
             f"validation" + (f" loss {result['loss']:.4f}" if "loss" in result else "")
             + f" {self.task.describe(result)}"
         )

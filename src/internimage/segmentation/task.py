@@ -1,0 +1,220 @@
+"""Semantic segmentation as a task of the one training loop: UperNet over InternImage.
+
+Importing this module registers the task (``TrainConfig.task = "segmentation"``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from internimage.data.scenes import write_scenes_ade
+from internimage.data.transforms import normalize
+from internimage.errors import ConfigError
+from internimage.models.hf import InternImageHFConfig
+from internimage.segmentation.augment import SegmentationAugmentation
+from internimage.segmentation.data import (
+    ADE20KDataset,
+    SegmentationFolderDataset,
+    collate_padded,
+    read_classes_file,
+)
+from internimage.segmentation.metrics import SegmentationEvaluator
+from internimage.segmentation.upernet import upernet_config
+from internimage.train.evaluate import autocast_context
+from internimage.train.tasks import TASKS, Autocast, Batch, Task
+
+__all__ = ["SegmentationTask", "default_scenes_root"]
+
+
+def default_scenes_root() -> Path:
+    """Where ``fashion-mnist-scenes`` is generated without ``data.root``:
+    ``$INTERNIMAGE_CACHE/fashion-mnist-scenes`` or ``~/.cache/internimage/fashion-mnist-scenes``."""
+    cache = os.environ.get("INTERNIMAGE_CACHE") or Path.home() / ".cache" / "internimage"
+    return Path(cache) / "fashion-mnist-scenes"
+
+
+def _on_rank_zero_first(action: Any) -> None:
+    """Run ``action()`` on rank 0 while the other processes wait (one writer for shared files)."""
+    distributed = dist.is_available() and dist.is_initialized()
+    if not distributed or dist.get_rank() == 0:
+        action()
+    if distributed:
+        dist.barrier()
+
+
+class SegmentationTask(Task):
+    """Semantic segmentation: UperNet (transformers) on InternImage, cross-entropy with the
+    auxiliary head's loss, mIoU from a confusion matrix over the whole validation set."""
+
+    name = "segmentation"
+    main_metric = "mIoU"
+    curve_metrics = (("mIoU", "mIoU"), ("mAcc", "mean accuracy"), ("aAcc", "pixel accuracy"))
+    curve_label = "validation (%)"
+
+    def build_datasets(self) -> tuple[Dataset, Dataset]:
+        data, seg = self.config.data, self.config.segmentation
+        if data.dataset == "fashion-mnist-scenes":
+            root = Path(data.root) if data.root is not None else default_scenes_root()
+            _on_rank_zero_first(lambda: write_scenes_ade(
+                root, train_count=seg.scenes_train, val_count=seg.scenes_val,
+                seed=seg.scenes_seed, size=seg.scene_size,
+            ))
+            # The scenes' 0 is the background class, not ADE20K's "unlabelled".
+            train_set: Dataset = ADE20KDataset(root, "training", reduce_zero_label=False)
+            val_set: Dataset = ADE20KDataset(root, "validation", reduce_zero_label=False)
+        elif data.dataset == "ade20k":
+            root = self._root()
+            train_set = ADE20KDataset(root, "training", reduce_zero_label=seg.reduce_zero_label)
+            val_set = ADE20KDataset(root, "validation", reduce_zero_label=seg.reduce_zero_label)
+        else:  # segmentation-folder
+            root = self._root()
+            classes = read_classes_file(root / "classes.txt")
+            train_set, val_set = (
+                SegmentationFolderDataset(
+                    root / "images" / split, root / "masks" / split, classes,
+                    ignore_index=seg.ignore_index, reduce_zero_label=seg.reduce_zero_label,
+                )
+                for split in (data.train_split, data.val_split)
+            )
+        self.classes = tuple(train_set.classes)  # type: ignore[attr-defined]
+        if data.train_limit is not None:
+            train_set = Subset(train_set, range(min(data.train_limit, len(train_set))))
+        if data.val_limit is not None:
+            val_set = Subset(val_set, range(min(data.val_limit, len(val_set))))
+        return train_set, val_set
+
+    def _root(self) -> Path:
+        if self.config.data.root is None:
+            raise ConfigError(
+                f"data.dataset={self.config.data.dataset!r} needs data.root (--data-root DIR)"
+            )
+        return Path(self.config.data.root)
+
+    def collate(self, batch: list[Any]) -> Batch:
+        return collate_padded(batch, ignore_index=self.config.segmentation.ignore_index)
+
+    def build_model(self) -> nn.Module:
+        from transformers import UperNetForSemanticSegmentation
+
+        settings, seg = self.config.model, self.config.segmentation
+        if settings.finetune is not None:
+            raise ConfigError(
+                "model.finetune loads classifiers; for a segmentation model start from the "
+                "released backbone (model.pretrained=true) or resume a run"
+            )
+        backbone = InternImageHFConfig.from_variant(
+            settings.name, drop_path_rate=settings.drop_path_rate,
+            **{k: list(v) if isinstance(v, tuple) else v
+               for k, v in settings.architecture_overrides().items()},
+        )
+        config = upernet_config(
+            backbone, num_classes=len(self.classes), hidden_size=seg.head_channels,
+            auxiliary_channels=seg.auxiliary_channels, auxiliary_loss_weight=seg.auxiliary_weight,
+            ignore_index=seg.ignore_index,
+        )
+        model = UperNetForSemanticSegmentation(config)
+        features = model.backbone.model
+        if settings.pretrained:
+            import internimage
+
+            # The released classifier's stem and stages; its head has no place here.
+            classifier = internimage.create_model(settings.name, pretrained=True, num_classes=0)
+            wanted = features.state_dict()
+            state = {k: v for k, v in classifier.state_dict().items() if k in wanted}
+            internimage.load_checkpoint(features, state)
+        if settings.grad_checkpointing:
+            features.set_grad_checkpointing(True)
+        return model
+
+    def setup(self, device: torch.device) -> None:
+        seg = self.config.segmentation
+        self.augment = SegmentationAugmentation(
+            self.config.data.image_size, scale_range=seg.scale_range, hflip=seg.hflip,
+            photometric=seg.photometric, ignore_index=seg.ignore_index,
+            cat_max_ratio=seg.cat_max_ratio,
+        ).to(device)
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        # The backbone's groups (layer-wise decay as upstream computes it), then the heads at
+        # the top learning rate, without weight decay on their 1-D parameters.
+        optim = self.config.optim
+        backbone = model.backbone.model
+        groups = backbone.param_groups(optim.weight_decay, layer_decay=optim.layer_decay)
+        in_backbone = {id(p) for p in backbone.parameters()}
+        decay, no_decay = [], []
+        for name, param in model.named_parameters():
+            if id(param) in in_backbone or not param.requires_grad:
+                continue
+            (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
+        groups.append({"params": decay, "weight_decay": optim.weight_decay, "lr_scale": 1.0})
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0})
+        return [group for group in groups if group["params"]]
+
+    def _normalized(self, images: torch.Tensor) -> torch.Tensor:
+        data = self.config.data
+        return normalize(images, data.mean, data.std)
+
+    def training_losses(
+        self, model: nn.Module, batch: Batch, device: torch.device, autocast: Autocast
+    ) -> dict[str, torch.Tensor]:
+        images, masks = batch
+        x = images.to(device, non_blocking=True).float().div_(255.0)  # [B, 3, H, W]
+        labels = masks.to(device, non_blocking=True)  # [B, H, W]
+        x, labels = self.augment(x, labels)
+        with autocast():
+            # The model computes the main and the auxiliary cross-entropy itself.
+            output = model(pixel_values=self._normalized(x), labels=labels)
+        return {"loss": output.loss.float()}
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        model: nn.Module,
+        loader: Iterable[Batch],
+        device: torch.device,
+        amp_dtype: torch.dtype | None,
+    ) -> dict[str, float]:
+        seg = self.config.segmentation
+        evaluator = SegmentationEvaluator(
+            len(self.classes), ignore_index=seg.ignore_index, class_names=self.classes
+        )
+        was_training = model.training
+        model.eval()
+        try:
+            for images, masks in loader:
+                if images.shape[0] == 0:
+                    continue
+                x = images.to(device, non_blocking=True).float().div_(255.0)
+                with autocast_context(device, amp_dtype):
+                    logits = model(pixel_values=self._normalized(x)).logits
+                evaluator.update(logits.argmax(dim=1), masks.to(device))
+        finally:
+            model.train(was_training)
+        result = evaluator.compute()
+        return {"mIoU": result["mIoU"], "mAcc": result["mAcc"], "aAcc": result["aAcc"]}
+
+    def describe(self, metrics: dict[str, float]) -> str:
+        return (f"mIoU {metrics['mIoU']:.2f}% mAcc {metrics['mAcc']:.2f}% "
+                f"aAcc {metrics['aAcc']:.2f}%")
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        data, seg = self.config.data, self.config.segmentation
+        return {
+            "classes": list(self.classes),
+            "image_size": data.image_size,
+            "mean": list(data.mean),
+            "std": list(data.std),
+            "ignore_index": seg.ignore_index,
+            "reduce_zero_label": seg.reduce_zero_label,
+        }
+
+
+TASKS[SegmentationTask.name] = SegmentationTask

@@ -1,0 +1,150 @@
+"""Segmentation through the one training loop: the CLI on tiny Fashion-MNIST scenes, resume,
+worker processes, the optimiser groups, and bad data as one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="the seg extra is not installed")
+
+from internimage.train import Trainer, apply_overrides, load_training_checkpoint  # noqa: E402
+from internimage.train.config import PRESETS  # noqa: E402
+
+_SCRIPT = Path(sys.executable).with_name("internimage")
+COMMAND = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "internimage.cli.main"]
+
+# 48 training and 8 validation scenes of 64 px, a one-block-per-stage atto: 3 steps of 16.
+TINY = [
+    "device=cpu",
+    "model.depths=1,1,1,1",
+    "segmentation.scenes_train=48",
+    "segmentation.scenes_val=8",
+    "segmentation.scene_size=64",
+    "data.image_size=64",
+    "schedule.epochs=2",
+    "schedule.warmup_epochs=0.5",
+    "progress=false",
+    "processes=1",
+    "log_every=1",
+]
+
+
+def _set(assignments: list[str]) -> list[str]:
+    return [arg for assignment in assignments for arg in ("--set", assignment)]
+
+
+@pytest.fixture(scope="module")
+def scenes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("scenes")
+
+
+def _train(*args: str, scenes: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*COMMAND, "train", "--preset", "fashion-mnist-scenes", *_set(TINY), "--data-root",
+         str(scenes), "--output-dir", str(out), *args],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+
+
+def test_the_cli_trains_segmentation_and_resumes(scenes_root: Path, tmp_path: Path) -> None:
+    result = _train("--name", "seg", "--set", "checkpoint_every=1", scenes=scenes_root,
+                    out=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "validation mIoU" in result.stdout
+    run = tmp_path / "seg"
+    with (run / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    for row in rows:
+        for key in ("val_mIoU", "val_mAcc", "val_aAcc"):
+            assert 0.0 <= float(row[key]) <= 100.0, (key, row)
+        assert float(row["train_loss"]) > 0
+    state = load_training_checkpoint(run / "best.pt")
+    assert state["task"] == "segmentation" and state["main_metric"] == "mIoU"
+    assert state["classes"][0] == "background" and len(state["classes"]) == 11
+    assert any(k.startswith("decode_head.") for k in state["model"])
+    png = (run / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (scenes_root / "ADEChallengeData2016" / "classes.txt").is_file()
+
+    resumed = subprocess.run(
+        [*COMMAND, "train", "--resume", str(run), "--epochs", "3"],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert load_training_checkpoint(run / "last.pt")["global_step"] == 9
+
+
+def test_two_worker_processes_train_the_same_segmentation_run(
+    scenes_root: Path, tmp_path: Path
+) -> None:
+    """Without augmentation the runs differ in summation order only."""
+    settings = TINY + [
+        f"data.root={scenes_root}", f"output_dir={tmp_path}", "segmentation.hflip=0",
+        "segmentation.scale_range=1,1", "segmentation.photometric=false",
+        "segmentation.cat_max_ratio=1", "schedule.epochs=1",
+    ]
+    base = PRESETS["fashion-mnist-scenes"]
+    single = Trainer(apply_overrides(base, settings + ["name=one"])).fit()
+    double = Trainer(apply_overrides(base, settings + ["name=two", "processes=2"])).fit()
+    one = load_training_checkpoint(single.last_checkpoint)["model"]
+    two = load_training_checkpoint(double.last_checkpoint)["model"]
+    for name, value in one.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(two[name], value, rtol=1e-3, atol=1e-4, msg=name)
+    assert double.final["val_mIoU"] == pytest.approx(single.final["val_mIoU"], abs=0.5)
+
+
+def test_the_heads_train_at_the_top_rate_without_decay_on_1d_parameters() -> None:
+    from internimage.train.tasks import create_task
+
+    config = apply_overrides(PRESETS["fashion-mnist-scenes"],
+                             TINY + ["optim.layer_decay=0.5", "optim.weight_decay=0.05"])
+    task = create_task(config)
+    task.classes = tuple(f"c{i}" for i in range(11))
+    model = task.build_model()
+    groups = task.param_groups(model)
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    assert len(by_param) == sum(1 for p in model.parameters() if p.requires_grad)
+    classifier = model.decode_head.classifier
+    assert by_param[id(classifier.weight)]["lr_scale"] == 1.0
+    assert by_param[id(classifier.weight)]["weight_decay"] == 0.05
+    assert by_param[id(classifier.bias)]["weight_decay"] == 0.0
+    stem = model.backbone.model.patch_embed.conv1.weight
+    # Four blocks below the top: 0.5 ** 5 for the stem (depth index 0 of 5 + 1).
+    assert by_param[id(stem)]["lr_scale"] == pytest.approx(0.5**5)
+
+
+def test_a_mask_value_outside_the_classes_is_one_line(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(
+                root / "images" / split / f"{i}.png")
+            mask = np.zeros((64, 64), np.uint8)
+            mask[0, 0] = 7 if (split, i) == ("train", 1) else 1
+            Image.fromarray(mask).save(root / "masks" / split / f"{i}.png")
+    (root / "classes.txt").write_text("background\nthing\n")
+    result = subprocess.run(
+        [*COMMAND, "train", "--preset", "fashion-mnist-scenes", *_set(TINY), "--data",
+         "segmentation-folder", "--data-root", str(root), "--batch-size", "2",
+         "--output-dir", str(tmp_path / "runs"), "--name", "bad"],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("internimage: error")]
+    assert len(lines) == 1 and "7" in lines[0] and "1.png" in lines[0], result.stderr
