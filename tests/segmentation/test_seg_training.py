@@ -4,6 +4,7 @@ worker processes, the optimiser groups, and bad data as one-line errors."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -45,6 +46,11 @@ def scenes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("scenes")
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*COMMAND, *args], capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+
+
 def _train(*args: str, scenes: Path, out: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*COMMAND, "train", "--preset", "fashion-mnist-scenes", *_set(TINY), "--data-root",
@@ -74,6 +80,33 @@ def test_the_cli_trains_segmentation_and_resumes(scenes_root: Path, tmp_path: Pa
     png = (run / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert (scenes_root / "ADEChallengeData2016" / "classes.txt").is_file()
+
+    # eval follows mmseg's test procedure image by image; on 64-px scenes trained at 64 px it is
+    # the training loop's batched whole-image evaluation.
+    evaluated = _cli("eval", "--checkpoint", str(run / "last.pt"), "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads(evaluated.stdout)
+    last = load_training_checkpoint(run / "last.pt")["metrics"]
+    assert metrics["images"] == 8 and len(metrics["IoU"]) == 11
+    assert metrics["mIoU"] == pytest.approx(last["val_mIoU"], abs=1e-3)
+    assert metrics["aAcc"] == pytest.approx(last["val_aAcc"], abs=1e-3)
+    wrong = _cli("eval", "--checkpoint", str(run / "last.pt"), "--data", "fashion-mnist-subset")
+    assert wrong.returncode == 2 and "classification dataset" in wrong.stderr
+
+    images = sorted((scenes_root / "ADEChallengeData2016" / "images" / "validation").iterdir())[:2]
+    drawn = tmp_path / "drawn"
+    predicted = _cli("predict", *map(str, images), "--checkpoint", str(run / "best.pt"),
+                     "--output-dir", str(drawn), "--json")
+    assert predicted.returncode == 0, predicted.stderr
+    entries = json.loads(predicted.stdout)
+    assert [Path(e["output"]).name for e in entries] == [p.name for p in images]
+    for entry in entries:
+        assert sum(c["share"] for c in entry["classes"]) == pytest.approx(1.0)
+        assert Path(entry["output"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = _cli("predict", str(images[0]), "--checkpoint", str(run / "best.pt"),
+                 "--output-dir", str(drawn))
+    assert again.returncode == 1 and "--overwrite" in again.stderr
+    assert "Traceback" not in again.stderr
 
     resumed = subprocess.run(
         [*COMMAND, "train", "--resume", str(run), "--epochs", "3"],

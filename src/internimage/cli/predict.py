@@ -1,4 +1,4 @@
-"""``internimage predict``: the most likely classes of image files."""
+"""``internimage predict``: the most likely classes of image files, or their segmentation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from internimage.cli.arguments import positive_int
+from internimage.cli.arguments import positive_floats, positive_int
 
 __all__ = ["add_parser", "run"]
 
@@ -15,8 +15,13 @@ def add_parser(subparsers: Any) -> None:
     """Register ``predict``."""
     parser = subparsers.add_parser(
         "predict",
-        help="classify image files",
-        description="Print the top-k classes and probabilities of each image.",
+        help="classify or segment image files",
+        description=(
+            "A classifier prints the top-k classes and probabilities of each image. A "
+            "segmentation model (a segmentation checkpoint or a released upernet_* model) "
+            "writes OUTPUT_DIR/<image name>.png per image: the classes over the image beside "
+            "it, with a legend; --json prints each class's share of the pixels."
+        ),
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -29,6 +34,18 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    segmentation = parser.add_argument_group("segmentation")
+    segmentation.add_argument("--output-dir", type=Path, default=Path("predictions"),
+                              help="folder of the drawn predictions (default: %(default)s)")
+    segmentation.add_argument("--overwrite", action="store_true",
+                              help="replace drawings that exist already")
+    segmentation.add_argument("--mode", choices=["whole", "slide"], default="whole",
+                              help="whole-image or sliding-window inference (default: "
+                                   "%(default)s)")
+    segmentation.add_argument("--scales", type=positive_floats, default=(1.0,),
+                              metavar="R,R,...", help="test scales (default: 1)")
+    segmentation.add_argument("--flip", action="store_true",
+                              help="also predict the mirrored images and average")
     parser.set_defaults(func=run)
 
 
@@ -51,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
     from internimage.train.inference import load_classifier
 
     device = resolve_device(args.device, 0)
+    from internimage.cli.evaluate import is_segmentation_source
+
+    if is_segmentation_source(args.checkpoint, args.pretrained):
+        return _run_segmentation(args, device)
     loaded = load_classifier(
         checkpoint=args.checkpoint, pretrained=args.pretrained, model_name=args.model,
         use_ema=args.ema, device=device,
@@ -89,6 +110,63 @@ def run(args: argparse.Namespace) -> int:
             print(f"{path}:")
             for entry in entries:
                 print(f"  {entry['probability'] * 100:6.2f}%  {entry['class']} ({entry['index']})")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return status
+
+
+def _run_segmentation(args: argparse.Namespace, device: Any) -> int:
+    """Segment each image and draw it; returns 1 when an image could not be read."""
+    import json
+    import sys
+
+    from internimage.errors import DataError, RunExistsError, UsageError
+    from internimage.segmentation.data import read_image
+    from internimage.segmentation.draw import class_shares, save_prediction
+    from internimage.segmentation.evaluate import inference_settings
+    from internimage.segmentation.inference import predict_mask
+    from internimage.segmentation.loading import load_segmenter
+
+    if args.model is not None:
+        raise UsageError("--model is for plain classifier weights")
+    loaded = load_segmenter(checkpoint=args.checkpoint, pretrained=args.pretrained,
+                            use_ema=args.ema, device=device)
+    settings = inference_settings(loaded, mode=args.mode, ratios=args.scales, flip=args.flip)
+    outputs = [args.output_dir / f"{path.stem}.png" for path in args.images]
+    if len(set(outputs)) < len(outputs):
+        raise UsageError("two images share a file name; their drawings would overwrite each "
+                         "other (predict them in separate calls)")
+    existing = [str(path) for path in outputs if path.exists()]
+    if existing and not args.overwrite:
+        raise RunExistsError(
+            f"{existing[0]} exists" + (f" (and {len(existing) - 1} more)" if len(existing) > 1
+                                       else "")
+            + "; choose another --output-dir or pass --overwrite"
+        )
+    results: list[dict[str, Any]] = []
+    status = 0
+    for path, output in zip(args.images, outputs, strict=True):
+        try:
+            pixels = read_image(path)  # [H, W, 3] uint8
+        except DataError as error:  # the message names the file
+            message = str(error)
+            print(f"internimage: error: {message}", file=sys.stderr)
+            results.append({"image": str(path), "error": message})
+            status = 1
+            continue
+        import torch
+
+        mask = predict_mask(loaded.model, torch.from_numpy(pixels.copy()).permute(2, 0, 1),
+                            settings)
+        mask_array = mask.cpu().numpy()
+        save_prediction(output, pixels, mask_array, loaded.classes,
+                        ignore_index=loaded.ignore_index)
+        shares = class_shares(mask_array, loaded.classes, ignore_index=loaded.ignore_index)
+        results.append({"image": str(path), "output": str(output), "classes": shares})
+        if not args.json:
+            top = ", ".join(f"{entry['class']} {entry['share'] * 100:.1f}%"
+                            for entry in shares[:5])
+            print(f"{path}: {output} ({top})")
     if args.json:
         print(json.dumps(results, indent=2))
     return status

@@ -3,6 +3,13 @@
 Needs the ``seg`` extra (``pip install internimage[seg]``); ``import internimage`` does not.
 """
 
+from internimage.segmentation.inference import (
+    SegmentationInference,
+    predict_logits,
+    predict_mask,
+)
+from internimage.segmentation.loading import LoadedSegmenter, load_segmenter
+from internimage.segmentation.metrics import SegmentationEvaluator
 from internimage.segmentation.pretrained import (
     ADE20K_MODELS,
     SegmentationWeights,
@@ -17,10 +24,16 @@ from internimage.segmentation.upernet import (
 
 __all__ = [
     "ADE20K_MODELS",
+    "LoadedSegmenter",
+    "SegmentationEvaluator",
+    "SegmentationInference",
     "SegmentationWeights",
     "convert_mmseg_state_dict",
     "create_segmentation_model",
     "from_mmseg",
+    "load_segmenter",
+    "predict_logits",
+    "predict_mask",
     "upernet_config",
     "upernet_from_mmseg_config",
 ]

@@ -1,0 +1,110 @@
+"""Segmentation models ready for inference: from a training checkpoint or a released preset."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from internimage.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from internimage.errors import UsageError
+from internimage.models.checkpoint import read_checkpoint
+from internimage.segmentation.data import ADE20K_CLASSES
+
+__all__ = ["LoadedSegmenter", "load_segmenter"]
+
+
+@dataclass(frozen=True)
+class LoadedSegmenter:
+    """A segmentation model in eval mode with what its inference needs.
+
+    Attributes:
+        model: transformers' ``UperNetForSemanticSegmentation`` on its device.
+        classes: Class names in label order.
+        mean: Normalisation mean (RGB, [0, 1] units).
+        std: Normalisation standard deviation.
+        crop_size: Training crop side (the window of sliding-window inference).
+        ignore_index: Label value that is not counted.
+        reduce_zero_label: The labels of its data were read with ADE20K's convention.
+        config: The training config of a checkpoint (its data settings), None for a preset.
+    """
+
+    model: nn.Module
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_size: int
+    ignore_index: int = 255
+    reduce_zero_label: bool = True
+    config: object | None = None
+
+
+def load_segmenter(
+    *,
+    checkpoint: str | Path | None = None,
+    pretrained: str | None = None,
+    use_ema: bool = False,
+    device: torch.device | str = "cpu",
+) -> LoadedSegmenter:
+    """Build a segmentation model from exactly one source.
+
+    Args:
+        checkpoint: A segmentation training checkpoint of this library.
+        pretrained: A released model name (``internimage.segmentation.ADE20K_MODELS``).
+        use_ema: Take the EMA weights of a training checkpoint.
+        device: Where to put the model.
+
+    Raises:
+        UsageError: Both or neither source, a classification checkpoint, missing EMA weights.
+    """
+    from internimage.segmentation.pretrained import ADE20K_MODELS, create_segmentation_model
+    from internimage.train.checkpoint import CHECKPOINT_FORMAT
+    from internimage.train.config import config_from_dict
+    from internimage.train.tasks import create_task
+
+    if (checkpoint is None) == (pretrained is None):
+        raise UsageError("give exactly one of a checkpoint or a pretrained model name")
+    device = torch.device(device)
+    if pretrained is not None:
+        if pretrained not in ADE20K_MODELS:
+            raise UsageError(
+                f"no released segmentation model {pretrained!r}; choose from "
+                f"{', '.join(ADE20K_MODELS)}"
+            )
+        if use_ema:
+            raise UsageError("released models have no EMA weights; drop --ema")
+        model = create_segmentation_model(pretrained, pretrained=True)
+        return LoadedSegmenter(
+            model=model.to(device).eval(), classes=ADE20K_CLASSES, mean=IMAGENET_MEAN,
+            std=IMAGENET_STD, crop_size=ADE20K_MODELS[pretrained].crop_size,
+        )
+    path = Path(checkpoint)
+    payload = read_checkpoint(path)
+    if payload.get("format") != CHECKPOINT_FORMAT or payload.get("task") != "segmentation":
+        raise UsageError(f"{path} is not a segmentation training checkpoint of this library")
+    if use_ema:
+        if payload.get("ema") is None:
+            raise UsageError(f"{path} holds no EMA weights (trained with ema_decay=none)")
+        weights = payload["ema"]["module"]
+    else:
+        weights = payload["model"]
+    config = config_from_dict(payload["config"])
+    # The checkpoint holds every weight: nothing to fetch for the backbone.
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, pretrained=False))
+    task = create_task(config)
+    task.classes = tuple(payload["classes"])
+    model = task.build_model()
+    model.load_state_dict(weights, strict=True)
+    return LoadedSegmenter(
+        model=model.to(device).eval(),
+        classes=task.classes,
+        mean=tuple(payload["mean"]),
+        std=tuple(payload["std"]),
+        crop_size=int(payload["image_size"]),
+        ignore_index=int(payload["ignore_index"]),
+        reduce_zero_label=bool(payload["reduce_zero_label"]),
+        config=config,
+    )
