@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     from internimage.train.inference import load_classifier
 
     device = resolve_device(args.device, 0)
-    if is_segmentation_source(args.checkpoint, args.pretrained):
+    # A --model names the variant of plain classifier weights: never a segmentation model.
+    if args.model is None and is_segmentation_source(args.checkpoint, args.pretrained):
         return _run_segmentation(args, device)
     if args.data in SEGMENTATION_DATASETS:
         raise UsageError(f"--data {args.data} is a segmentation dataset; this is a classifier")

@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, 0)
     from internimage.cli.evaluate import is_segmentation_source
 
-    if is_segmentation_source(args.checkpoint, args.pretrained):
+    # A --model names the variant of plain classifier weights: never a segmentation model.
+    if args.model is None and is_segmentation_source(args.checkpoint, args.pretrained):
         return _run_segmentation(args, device)
     loaded = load_classifier(
         checkpoint=args.checkpoint, pretrained=args.pretrained, model_name=args.model,
