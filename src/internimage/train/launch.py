@@ -248,10 +248,24 @@ def worker_main(job_dir: str | Path) -> None:
             shutdown_distributed()
     except BaseException as error:
         _record_failure(job_dir, rank, error)
-        sys.exit(1)
+        _exit_now(1)
     if trainer.ctx.is_main:
         with open(job_dir / "result.pkl", "wb") as file:
             pickle.dump(result, file)
+    _exit_now(0)
+
+
+def _exit_now(code: int) -> None:
+    """End the worker without the interpreter's teardown.
+
+    Everything the run writes is closed by now. What teardown would still do is destroy gloo's
+    objects and their threads, which now and then aborts the process (SIGABRT, "terminate called
+    without an active exception") after its work is done, and the launcher would take that for a
+    failed run.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _remove_stale_job_dirs() -> None:
