@@ -440,7 +440,10 @@ PRESETS: dict[str, TrainConfig] = {
     ),
     # The demo: UperNet (heads 64/32 wide, far narrower than ADE20K's 512/256, as the model is)
     # on InternImage-atto widths, trained on Fashion-MNIST scenes (2000 training and 200
-    # validation canvases of 128 px with 11 classes, generated on first use).
+    # validation canvases of 128 px with 11 classes, generated on first use). About 33 images/s
+    # on the 2-core CPU, a minute per epoch. lr 3.2e-2 per 512 images (1e-3 at the batch of
+    # 16): three-epoch trials reached a training loss of 0.90 after two epochs against 1.48
+    # with 1.2e-2.
     "fashion-mnist-scenes": TrainConfig(
         task="segmentation",
         model=ModelConfig(name="internimage_atto", drop_path_rate=0.0, depths=(2, 2, 6, 2)),
@@ -449,8 +452,8 @@ PRESETS: dict[str, TrainConfig] = {
             head_channels=64, auxiliary_channels=32, reduce_zero_label=False,
             scale_range=(0.75, 1.5), photometric=False,
         ),
-        optim=OptimConfig(lr=1.2e-2, weight_decay=0.05, clip_grad=5.0),
-        schedule=ScheduleConfig(epochs=30, warmup_epochs=1.0, warmup_lr=1e-5, min_lr=1e-5),
+        optim=OptimConfig(lr=3.2e-2, weight_decay=0.05, clip_grad=5.0),
+        schedule=ScheduleConfig(epochs=45, warmup_epochs=1.0, warmup_lr=1e-5, min_lr=1e-5),
         batch_size=16,
         ema_decay=None,
         processes="auto",
