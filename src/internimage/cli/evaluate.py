@@ -60,6 +60,18 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def _progress_bar(total: int) -> Any | None:
+    """A tqdm bar over ``total`` images on a terminal; None in a log file (noise there) or
+    without tqdm."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ModuleNotFoundError:
+        return None
+    return tqdm(total=total, unit="img", desc="evaluating", mininterval=1.0)
+
+
 def is_segmentation_source(checkpoint: Path | None, pretrained: str | None) -> bool:
     """Whether ``--checkpoint``/``--pretrained`` name a segmentation model."""
     if pretrained is not None:
@@ -131,14 +143,7 @@ def run(args: argparse.Namespace) -> int:
         collate_fn=collate_skipping_unreadable,
     )
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
-    progress = None
-    if sys.stderr.isatty():  # a bar in a log file is noise
-        try:
-            from tqdm import tqdm
-
-            progress = tqdm(total=len(dataset), unit="img", desc="evaluating", mininterval=1.0)
-        except ModuleNotFoundError:
-            pass
+    progress = _progress_bar(len(dataset))
     try:
         metrics = evaluate(
             loaded.model, loader, device=device, image_size=loaded.image_size, mean=loaded.mean,
@@ -198,14 +203,7 @@ def _run_segmentation(args: argparse.Namespace, device: Any) -> int:
     if args.limit is not None:
         dataset = Subset(dataset, range(min(args.limit, len(dataset))))
     settings = inference_settings(loaded, mode=args.mode, ratios=args.scales, flip=args.flip)
-    progress = None
-    if sys.stderr.isatty():
-        try:
-            from tqdm import tqdm
-
-            progress = tqdm(total=len(dataset), unit="img", desc="evaluating", mininterval=1.0)
-        except ModuleNotFoundError:
-            pass
+    progress = _progress_bar(len(dataset))
     try:
         metrics = evaluate_segmenter(loaded, dataset, settings, progress=progress)
     finally:
