@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import warnings
 
-__all__ = ["ERROR_PREFIX", "WARNING_PREFIX", "install_warning_format", "one_line"]
+__all__ = [
+    "ERROR_PREFIX", "WARNING_PREFIX", "install_warning_format", "one_line", "show_values",
+]
 
 ERROR_PREFIX = "internimage: error: "
 WARNING_PREFIX = "internimage: warning: "
+
+
+# How many distinct bad values a message lists: enough to see the pattern (labels 1..150 where
+# 0..149 were expected, say), few enough to keep it on one line.
+_MAX_VALUES_SHOWN = 5
+
+
+def show_values(distinct: list[object]) -> str:
+    """The first few of the sorted ``distinct`` values (and how many there are), for a message."""
+    shown = ", ".join(str(v) for v in distinct[:_MAX_VALUES_SHOWN])
+    if len(distinct) > _MAX_VALUES_SHOWN:
+        shown += f", ... ({len(distinct)} distinct values)"
+    return shown
 
 
 def one_line(error: BaseException) -> str:

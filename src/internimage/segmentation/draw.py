@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from internimage.console import show_values
 from internimage.errors import MissingDependencyError
 from internimage.files import atomic_write_bytes
 
@@ -29,9 +30,6 @@ if TYPE_CHECKING:
 
 __all__ = ["class_shares", "overlay", "palette", "render_prediction", "save_prediction"]
 
-# How many distinct bad values an error message lists: enough to see the pattern, few enough to
-# keep the message on one line.
-_MAX_VALUES_SHOWN = 5
 
 # --- palette ---------------------------------------------------------------------------------
 
@@ -183,12 +181,8 @@ def palette(num_classes: int) -> np.ndarray:
 
 
 def _show_values(values: np.ndarray) -> str:
-    """Up to ``_MAX_VALUES_SHOWN`` distinct values of ``values``, for an error message."""
-    distinct = np.unique(values).tolist()
-    shown = ", ".join(str(v) for v in distinct[:_MAX_VALUES_SHOWN])
-    if len(distinct) > _MAX_VALUES_SHOWN:
-        shown += f", ... ({len(distinct)} distinct values)"
-    return shown
+    """The distinct values of ``values``, shortened, for an error message."""
+    return show_values(np.unique(values).tolist())
 
 
 def _check_image(image: Any) -> np.ndarray:

@@ -20,13 +20,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from internimage.console import show_values
 from internimage.errors import ConfigError, DataError
 
 __all__ = ["SegmentationEvaluator"]
 
-# How many distinct bad values an error message lists: enough to see the pattern (for example
-# labels 1..150 where 0..149 were expected), few enough to keep the message on one line.
-_MAX_VALUES_SHOWN = 5
 
 
 def _percent(numerator: int, denominator: int) -> float | None:
@@ -47,12 +45,8 @@ def _mean_defined(values: Sequence[float | None]) -> float:
 
 
 def _show_values(values: torch.Tensor) -> str:
-    """Up to ``_MAX_VALUES_SHOWN`` distinct values of ``values``, for an error message."""
-    distinct = torch.unique(values).tolist()
-    shown = ", ".join(str(v) for v in distinct[:_MAX_VALUES_SHOWN])
-    if len(distinct) > _MAX_VALUES_SHOWN:
-        shown += f", ... ({len(distinct)} distinct values)"
-    return shown
+    """The distinct values of ``values``, shortened, for an error message."""
+    return show_values(torch.unique(values).tolist())
 
 
 class SegmentationEvaluator:
