@@ -124,6 +124,10 @@ def test_two_worker_processes_train_the_same_segmentation_run(
         f"data.root={scenes_root}", f"output_dir={tmp_path}", "segmentation.hflip=0",
         "segmentation.scale_range=1,1", "segmentation.photometric=false",
         "segmentation.cat_max_ratio=1", "schedule.epochs=1",
+        # Adam divides each gradient by its own magnitude, so how far rounding differences
+        # grow depends on the step size: this comparison is made at a fixed one, not the
+        # preset's (which tuning changes).
+        "optim.lr=1.2e-2",
     ]
     base = PRESETS["fashion-mnist-scenes"]
     single = Trainer(apply_overrides(base, settings + ["name=one"])).fit()
