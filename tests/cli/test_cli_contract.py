@@ -23,12 +23,9 @@ import pytest
 import torch
 from PIL import Image
 
+from command_line import COMMAND
+from hub_cache import hub_snapshot
 from internimage.data import load_bundled_subset
-
-# The console script that ``pip install`` made, beside this interpreter; ``-m`` where there is
-# none (the same main()).
-_SCRIPT = Path(sys.executable).with_name("internimage")
-COMMAND = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "internimage.cli.main"]
 
 # A one-block-per-stage atto on 32-pixel images: 4 steps of 16 images per epoch, seconds per run.
 TINY = [
@@ -475,10 +472,7 @@ def test_pretrained_weights_in_the_hub_cache_load_without_network(tmp_path: Path
     import internimage
 
     cache = tmp_path / "hub"
-    snapshot = cache / "models--OpenGVLab--InternImage" / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    (cache / "models--OpenGVLab--InternImage" / "refs").mkdir()
-    (cache / "models--OpenGVLab--InternImage" / "refs" / "main").write_text("0" * 40)
+    snapshot = hub_snapshot(cache)
     model = internimage.create_model("internimage_t")
     # bf16 halves the file; loading converts to the model's float32.
     torch.save({"model": {k: v.bfloat16() for k, v in model.state_dict().items()}},

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 import torch
+
+from hub_cache import hub_snapshot, offline_hub
 
 pytest.importorskip("transformers", reason="the seg extra is not installed")
 
@@ -108,17 +109,6 @@ def _mmseg_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _unreachable_endpoint(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
-                "all_proxy", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-
-
 def test_released_weights_load_from_the_hub_cache_offline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -131,23 +121,18 @@ def test_released_weights_load_from_the_hub_cache_offline(
         for p in source.parameters():
             p.add_(torch.randn_like(p) * 0.01)
     cache = tmp_path / "hub"
-    _unreachable_endpoint(monkeypatch, cache)
+    offline_hub(monkeypatch, cache)
     with pytest.raises(WeightsUnavailableError, match=r"tiny_ade20k\.pth.*Hugging Face cache"):
         create_segmentation_model(tiny.name, pretrained=True)
 
-    repo = cache / "models--OpenGVLab--InternImage"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text("1" * 40)
-    (repo / "snapshots" / ("1" * 40)).mkdir(parents=True)
+    snapshot = hub_snapshot(cache)
     torch.save({"meta": {}, "state_dict": _mmseg_keys(source.state_dict())},
-               repo / "snapshots" / ("1" * 40) / tiny.file_name)
+               snapshot / tiny.file_name)
     loaded = create_segmentation_model(tiny.name, pretrained=True)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x).logits, source(x).logits)
-    local = create_segmentation_model(
-        tiny.name, pretrained=repo / "snapshots" / ("1" * 40) / tiny.file_name
-    )
+    local = create_segmentation_model(tiny.name, pretrained=snapshot / tiny.file_name)
     with torch.no_grad():
         assert torch.equal(local(x).logits, source(x).logits)
     assert seg_pretrained.ADE20K_MODELS is ADE20K_MODELS

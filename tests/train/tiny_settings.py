@@ -4,9 +4,7 @@ Imported by the test modules of this folder (pytest puts the folder on ``sys.pat
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
+from command_line import set_args, step_losses
 from internimage.train.launch import free_port
 
 __all__ = [
@@ -61,17 +59,3 @@ SGD_LIKE = ["optim.eps=1.0", "optim.lr=10", "optim.weight_decay=0"]
 
 # Parallel runs are compared with one process training the same global batch of 16.
 PARALLEL_SETTINGS = TINY_SETTINGS + NO_AUGMENTATION + SGD_LIKE + ["ema_decay=none"]
-
-
-def step_losses(run_dir: Path) -> list[float]:
-    """The logged training loss of every step of a run."""
-    with (run_dir / "train_steps.csv").open() as handle:
-        return [float(row["train_loss"]) for row in csv.DictReader(handle)]
-
-
-def set_args(assignments: list[str]) -> list[str]:
-    """``["a=1", ...]`` -> ``["--set", "a=1", ...]``."""
-    out: list[str] = []
-    for assignment in assignments:
-        out += ["--set", assignment]
-    return out
