@@ -234,3 +234,44 @@ def test_pretrained_download_through_hub_cache(
     assert _same(create_model(NAME, pretrained=str(local)), state)
     with pytest.raises(FileNotFoundError):
         create_model(NAME, pretrained=str(tmp_path / "absent.pth"))
+
+
+def test_backbone_weights_come_from_classifiers_and_dense_models(tmp_path: Path) -> None:
+    from internimage.models.checkpoint import load_backbone_weights
+
+    classifier = create_model(NAME, num_classes=10, depths=(1, 1, 2, 1))
+    with torch.no_grad():
+        for p in classifier.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    path = tmp_path / "best.pt"
+    torch.save({"model": classifier.state_dict(), "epoch": 3}, path)
+
+    features = create_model(NAME, features_only=True, depths=(1, 1, 2, 1))
+    result = load_backbone_weights(features, path)
+    assert result.ok
+    wanted = classifier.state_dict()
+    for key, value in features.state_dict().items():
+        assert torch.equal(value, wanted[key]), key
+    # A dense model's checkpoint (decoder keys beside "backbone.") gives the same backbone.
+    dense = {f"backbone.{k}": v for k, v in features.state_dict().items()}
+    dense["decode_head.conv_seg.weight"] = torch.zeros(3, 8, 1, 1)
+    again = create_model(NAME, features_only=True, depths=(1, 1, 2, 1))
+    load_backbone_weights(again, {"state_dict": dense})
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(),
+                                                 features.state_dict().values(), strict=True))
+
+    # Upstream's dense T adds layer scale to a classifier without: the scales keep their 1.0.
+    scaled = create_model(NAME, features_only=True, depths=(1, 1, 2, 1), layer_scale=1.0)
+    result = load_backbone_weights(scaled, path)
+    assert result.missing and all(k.endswith((".gamma1", ".gamma2")) for k in result.missing)
+    assert all(scaled.state_dict()[k].eq(1.0).all() for k in result.missing)
+    assert torch.equal(scaled.state_dict()["patch_embed.conv1.weight"],
+                       wanted["patch_embed.conv1.weight"])
+
+    deeper = create_model(NAME, features_only=True, depths=(1, 1, 3, 1))
+    with pytest.raises(CheckpointMismatchError, match=r"levels\.2\.blocks\.2\..*"):
+        load_backbone_weights(deeper, path)
+    wider = create_model(NAME, features_only=True, depths=(1, 1, 2, 1), channels=48,
+                         groups=(3, 6, 12, 24))
+    with pytest.raises(CheckpointMismatchError, match=r"wrongly shaped"):
+        load_backbone_weights(wider, path)

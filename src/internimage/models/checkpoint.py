@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +49,21 @@ class LoadResult:
     missing: tuple[str, ...]
     unexpected: tuple[str, ...]
     mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]
+
+    @classmethod
+    def compare(
+        cls, state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]
+    ) -> LoadResult:
+        """How checkpoint tensors ``state`` fit a model's ``state_dict()`` ``own``."""
+        return cls(
+            missing=tuple(k for k in own if k not in state),
+            unexpected=tuple(k for k in state if k not in own),
+            mismatched=tuple(
+                (k, tuple(v.shape), tuple(own[k].shape))
+                for k, v in state.items()
+                if k in own and tuple(v.shape) != tuple(own[k].shape)
+            ),
+        )
 
     @property
     def ok(self) -> bool:
@@ -149,6 +164,79 @@ def _describe_unloadable(path: Path, size: int, error: Exception) -> str:
     )
 
 
+# Modules of a dense backbone (InternImageFeatures): the stem and the stages.
+_BACKBONE_PREFIXES = ("patch_embed.", "levels.")
+_LAYER_SCALE_KEY = re.compile(r"\.gamma[12]$")
+
+
+def load_backbone_weights(
+    features: nn.Module, checkpoint: str | os.PathLike[str] | Mapping[str, object]
+) -> LoadResult:
+    """Load the stem and stages of a checkpoint into a dense backbone (``InternImageFeatures``).
+
+    The checkpoint may be a classifier (upstream's, a Hugging Face one, or a training run's
+    ``best.pt``) or a dense model whose backbone has the same architecture; everything outside
+    the stem and stages (classifier heads, decoders) is ignored. Layer-scale tensors
+    (``gamma1``/``gamma2``) that the checkpoint lacks keep their initial value: upstream's dense
+    InternImage-T adds layer scale 1.0 to the T classifier, which has none, and starts from it
+    this way. Every other tensor must be there with the same shape.
+
+    Returns:
+        What was left at its initial value (``missing``: layer scales only).
+
+    Raises:
+        CheckpointMismatchError: A backbone tensor is missing or wrongly shaped (all listed).
+        CheckpointFileError: The file is not a readable checkpoint.
+    """
+    payload = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
+    state = {k: v for k, v in extract_state_dict(payload).items()
+             if k.startswith(_BACKBONE_PREFIXES)}
+    result = LoadResult.compare(state, features.state_dict())
+    problems = LoadResult(
+        missing=tuple(k for k in result.missing if not _LAYER_SCALE_KEY.search(k)),
+        unexpected=result.unexpected,
+        mismatched=result.mismatched,
+    )
+    if not problems.ok:
+        raise CheckpointMismatchError(
+            f"the checkpoint's backbone does not fit this one:\n{problems.describe()}"
+        )
+    features.load_state_dict(state, strict=False)
+    return result
+
+
+def load_converted_strictly(
+    model: torch.nn.Module, checkpoint: str | os.PathLike[str] | Mapping[str, object],
+    convert: Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]], *, source: str,
+) -> None:
+    """Load an OpenMMLab checkpoint (``{"meta", "state_dict"}``, or a bare state dict) into
+    ``model`` after converting its keys with ``convert``; every key must match.
+
+    Args:
+        model: The model built from the checkpoint's config.
+        checkpoint: The file, or its loaded contents.
+        convert: Checkpoint keys and tensors -> the model's.
+        source: What the checkpoint is, for messages (e.g. ``"the mmdet checkpoint"``).
+
+    Raises:
+        CheckpointMismatchError: A key is missing, unexpected or wrongly shaped (all listed).
+        CheckpointFileError: The file is not a readable checkpoint, or holds no tensor mapping.
+    """
+    payload = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
+    state = payload.get("state_dict", payload)
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise CheckpointFileError(f"{source}'s state_dict is not a mapping of tensors")
+    converted = convert(state)
+    result = LoadResult.compare(converted, model.state_dict())
+    if not result.ok:
+        raise CheckpointMismatchError(
+            f"{source} does not match the model of its config:\n{result.describe()}"
+        )
+    model.load_state_dict(converted, strict=True)
+
+
 def extract_state_dict(checkpoint: Mapping[str, object]) -> dict[str, torch.Tensor]:
     """The model weights of a checkpoint, with wrapper keys and prefixes removed.
 
@@ -217,19 +305,12 @@ def load_checkpoint(
         checkpoint = read_checkpoint(path_or_dict)
     state = extract_state_dict(checkpoint)
     own = model.state_dict()
-    missing = tuple(k for k in own if k not in state)
-    unexpected = tuple(k for k in state if k not in own)
-    mismatched = tuple(
-        (k, tuple(v.shape), tuple(own[k].shape))
-        for k, v in state.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    )
-    result = LoadResult(missing, unexpected, mismatched)
+    result = LoadResult.compare(state, own)
     if strict and not result.ok:
         raise CheckpointMismatchError(
             f"checkpoint does not match {type(model).__name__}:\n{result.describe()}"
         )
-    bad = {k for k, _, _ in mismatched}
+    bad = {k for k, _, _ in result.mismatched}
     usable = {k: v for k, v in state.items() if k in own and k not in bad}
     on_meta = any(t.is_meta for t in own.values())
     model.load_state_dict(usable, strict=False, assign=on_meta)

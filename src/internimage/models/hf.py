@@ -38,12 +38,13 @@ from transformers.backbone_utils import BackboneConfigMixin, BackboneMixin
 from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutputWithNoAttention
 
 from internimage.layers.dcnv3 import DCNv3
-from internimage.models.config import VARIANTS, InternImageConfig
+from internimage.models.config import VARIANTS
 from internimage.models.internimage import (
     UPSTREAM_DEFAULTS,
     Block,
     InternImage,
     InternImageFeatures,
+    upstream_arguments,
 )
 
 __all__ = [
@@ -118,7 +119,7 @@ class InternImageHFConfig(BackboneConfigMixin, PreTrainedConfig):
         """
         if name not in VARIANTS:
             raise ValueError(f"unknown model {name!r}; available: {', '.join(VARIANTS)}")
-        return cls(**{**architecture_fields(VARIANTS[name].config), **fields})
+        return cls(**{**upstream_arguments(VARIANTS[name].config), **fields})
 
     def upstream_arguments(self) -> dict[str, Any]:
         """The upstream ``InternImage`` constructor arguments of this config."""
@@ -127,19 +128,6 @@ class InternImageHFConfig(BackboneConfigMixin, PreTrainedConfig):
             if args[name] is not None:
                 args[name] = tuple(int(v) for v in args[name])
         return args
-
-
-def architecture_fields(config: InternImageConfig) -> dict[str, Any]:
-    """:class:`InternImageHFConfig` fields of one of this library's model configs (the field names
-    are the upstream ones in both)."""
-    fields = {
-        name: getattr(config, name) for name in InternImageConfig.field_names()
-        if name in UPSTREAM_DEFAULTS
-    }
-    for name in ("depths", "groups", "level2_post_norm_block_ids"):
-        if fields.get(name) is not None:
-            fields[name] = list(fields[name])
-    return fields
 
 
 class InternImageHFPreTrainedModel(PreTrainedModel):

@@ -35,6 +35,7 @@ __all__ = [
     "Stage",
     "Stem",
     "UPSTREAM_DEFAULTS",
+    "upstream_arguments",
 ]
 
 #: Constructor arguments of the upstream ``InternImage`` class and their defaults.
@@ -63,6 +64,21 @@ UPSTREAM_DEFAULTS: dict[str, Any] = {
     "center_feature_scale": False,
     "remove_center": False,
 }
+
+
+def upstream_arguments(config: InternImageConfig) -> dict[str, Any]:
+    """The architecture of one of this library's model configs as upstream ``InternImage(...)``
+    constructor arguments (the names are the same; sequences as lists, as configs hold them)."""
+    fields = {
+        name: getattr(config, name) for name in InternImageConfig.field_names()
+        if name in UPSTREAM_DEFAULTS
+    }
+    for name in ("depths", "groups", "level2_post_norm_block_ids"):
+        if fields.get(name) is not None:
+            fields[name] = list(fields[name])
+    return fields
+
+
 # Upstream names of operators that compute the same DCNv3 (CUDA extension or pure PyTorch).
 _UPSTREAM_CORE_OPS = ("DCNv3", "DCNv3_pytorch")
 

@@ -8,8 +8,10 @@ import re
 import socket
 import threading
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from internimage.errors import (
     MissingDependencyError,
@@ -20,6 +22,7 @@ from internimage.errors import (
 
 __all__ = [
     "HUB_REPO",
+    "dense_backbone_arguments",
     "PRETRAINED",
     "PretrainedWeights",
     "download_checkpoint",
@@ -227,6 +230,21 @@ def download_checkpoint(url: str, *, cache_dir: str | os.PathLike[str] | None = 
                 f"and pass its path instead of the URL"
             ) from error
     return target
+
+
+def dense_backbone_arguments(
+    variant: str, overrides: Sequence[tuple[str, Any]] = ()
+) -> dict[str, Any]:
+    """Upstream ``InternImage(...)`` arguments of the backbone of a released dense model: the
+    variant's architecture with the dense config's ``overrides`` (InternImage-T has layer scale
+    1.0 there), without stochastic depth (a training setting, not part of the weights)."""
+    from internimage.models.config import VARIANTS
+    from internimage.models.internimage import upstream_arguments
+
+    arguments = upstream_arguments(VARIANTS[variant].config)
+    arguments.update(dict(overrides))
+    arguments["drop_path_rate"] = 0.0
+    return arguments
 
 
 def released_file(file_name: str) -> Path:

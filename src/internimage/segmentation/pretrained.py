@@ -10,9 +10,7 @@ from typing import Any
 from transformers import UperNetForSemanticSegmentation
 
 from internimage.errors import UsageError
-from internimage.models.config import VARIANTS
-from internimage.models.hf import architecture_fields
-from internimage.models.pretrained import released_file
+from internimage.models.pretrained import dense_backbone_arguments, released_file
 from internimage.segmentation.upernet import from_mmseg, upernet_from_mmseg_config
 
 __all__ = ["ADE20K_MODELS", "SegmentationWeights", "create_segmentation_model"]
@@ -46,10 +44,7 @@ class SegmentationWeights:
 
     def model_config(self, num_classes: int = 150) -> dict[str, Any]:
         """The ``model`` dict of the upstream mmseg config, as :func:`from_mmseg` takes it."""
-        backbone = architecture_fields(VARIANTS[self.variant].config)
-        backbone.update(dict(self.backbone_overrides))
-        # Training-time stochastic depth is not part of the released weights' architecture.
-        backbone["drop_path_rate"] = 0.0
+        backbone = dense_backbone_arguments(self.variant, self.backbone_overrides)
         widths = [backbone["channels"] * 2**i for i in range(4)]
         return {
             "backbone": backbone,

@@ -18,7 +18,7 @@ import torch
 from transformers import UperNetConfig, UperNetForSemanticSegmentation
 
 from internimage.errors import ConfigError
-from internimage.models.checkpoint import CheckpointMismatchError, LoadResult, read_checkpoint
+from internimage.models.checkpoint import load_converted_strictly
 from internimage.models.hf import STAGE_NAMES, InternImageHFConfig
 from internimage.models.internimage import UPSTREAM_DEFAULTS
 
@@ -191,23 +191,6 @@ def from_mmseg(
         CheckpointFileError: The file is not a readable checkpoint.
     """
     model = upernet_from_mmseg_config(model_cfg)
-    payload = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
-    state = payload.get("state_dict", payload)
-    if not isinstance(state, Mapping):
-        raise ConfigError("the checkpoint's state_dict is not a mapping of tensors")
-    converted = convert_mmseg_state_dict(state)
-    own = model.state_dict()
-    result = LoadResult(
-        missing=tuple(k for k in own if k not in converted),
-        unexpected=tuple(k for k in converted if k not in own),
-        mismatched=tuple(
-            (k, tuple(v.shape), tuple(own[k].shape)) for k, v in converted.items()
-            if k in own and tuple(v.shape) != tuple(own[k].shape)
-        ),
-    )
-    if not result.ok:
-        raise CheckpointMismatchError(
-            f"the mmseg checkpoint does not match the model of its config:\n{result.describe()}"
-        )
-    model.load_state_dict(converted, strict=True)
+    load_converted_strictly(model, checkpoint, convert_mmseg_state_dict,
+                            source="the mmseg checkpoint")
     return model.eval()
