@@ -45,7 +45,7 @@ def install_warning_format() -> None:
     loader) and that line's source, which mean nothing to someone whose image is unreadable.
     Other warnings keep Python's format.
     """
-    from internimage.data.datasets import UnreadableImageWarning
+    from internimage.errors import DataWarning
 
     python_format = warnings.formatwarning
     if getattr(python_format, "_internimage", False):
@@ -58,7 +58,7 @@ def install_warning_format() -> None:
         lineno: int,
         line: str | None = None,
     ) -> str:
-        if issubclass(category, UnreadableImageWarning):
+        if issubclass(category, DataWarning):
             return f"{WARNING_PREFIX}{message}\n"
         return python_format(message, category, filename, lineno, line)
 

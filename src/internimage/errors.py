@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "ConfigKeyError",
     "DataError",
+    "DataWarning",
     "DeviceError",
     "MissingDependencyError",
     "MissingFileError",
@@ -88,3 +89,8 @@ class RunExistsError(UserError, FileExistsError):
 
 class MissingDependencyError(UserError, ImportError):
     """An optional package that a feature needs is not installed."""
+
+
+class DataWarning(UserWarning):
+    """Something in the data was skipped or repaired (an unreadable image, a degenerate box);
+    printed as one ``internimage: warning: ...`` line by the command line."""

@@ -228,3 +228,40 @@ def test_writer_refuses_foreign_folder_and_bad_arguments(tmp_path: Path) -> None
         write_scenes_ade(tmp_path / "x", train_count=-1, val_count=1, seed=0)
     with pytest.raises(ConfigError):
         generate_scene("training", 0, seed=-3)
+
+
+def test_the_coco_writer_holds_the_same_scenes_with_boxes_and_instance_masks(
+    tmp_path: Path,
+) -> None:
+    coco_api = pytest.importorskip("pycocotools.coco", reason="the det extra is not installed")
+    from internimage.data.scenes import write_scenes_coco
+
+    root = write_scenes_coco(tmp_path, train_count=3, val_count=2, seed=4, size=SIZE)
+    ade = write_scenes_ade(tmp_path, train_count=3, val_count=2, seed=4, size=SIZE)
+    for split, folder, count in (("training", "train", 3), ("validation", "val", 2)):
+        coco = coco_api.COCO(str(root / "annotations" / f"instances_{folder}.json"))
+        assert sorted(coco.getCatIds()) == list(range(1, 11))
+        assert [coco.cats[k + 1]["name"] for k in range(10)] == list(FASHION_MNIST_CLASSES)
+        assert sorted(coco.getImgIds()) == list(range(1, count + 1))
+        for index in range(count):
+            scene = generate_scene(split, index, seed=4, size=SIZE)
+            info = coco.imgs[index + 1]
+            image_path = root / folder / info["file_name"]
+            # The very pixels of the ADE layout's image.
+            assert image_path.read_bytes() == (ade / "images" / split / info["file_name"]
+                                               ).read_bytes()
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=[index + 1]))
+            assert len(anns) == len(scene.instances) >= 1
+            for ann, inst in zip(anns, scene.instances, strict=True):
+                assert ann["category_id"] == inst.category + 1 and ann["iscrowd"] == 0
+                assert np.array_equal(coco.annToMask(ann).astype(bool), inst.mask)
+                ys, xs = np.nonzero(inst.mask)
+                assert ann["bbox"] == [xs.min(), ys.min(), xs.max() + 1 - xs.min(),
+                                       ys.max() + 1 - ys.min()]
+                assert ann["area"] == inst.mask.sum()
+    manifest = root / "scenes.json"
+    before = manifest.stat().st_mtime_ns
+    assert write_scenes_coco(tmp_path, train_count=3, val_count=2, seed=4, size=SIZE) == root
+    assert manifest.stat().st_mtime_ns == before  # found complete, not rewritten
+    write_scenes_coco(tmp_path, train_count=1, val_count=2, seed=4, size=SIZE)
+    assert sorted(p.name for p in (root / "train").iterdir()) == ["scene_training_000000.png"]

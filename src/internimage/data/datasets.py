@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from internimage.data.images import to_rgb8
-from internimage.errors import DataError, MissingFileError
+from internimage.errors import DataError, DataWarning, MissingFileError
 
 __all__ = [
     "ArrayImageDataset",
@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 
-class UnreadableImageWarning(UserWarning):
+class UnreadableImageWarning(DataWarning):
     """An image file could not be decoded and was left out of the batch."""
 
 

@@ -1,15 +1,21 @@
-"""Convert decoded Pillow images of any mode and bit depth to 8-bit RGB without clipping."""
+"""Read images of any mode and bit depth as 8-bit RGB, scaling rather than clipping."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from internimage.errors import DataError
+
 if TYPE_CHECKING:  # Pillow is an optional dependency; only type checkers import it here.
     from PIL import Image
 
-__all__ = ["to_rgb8"]
+__all__ = ["DECODE_ERRORS", "read_image", "to_rgb8"]
+
+#: What Pillow raises for files it cannot decode (truncated, not an image, bad header).
+DECODE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, SyntaxError)
 
 # Unsigned 16-bit greyscale in its byte orders ("I;16" is little-endian, "N" is native).
 _UINT16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
@@ -18,6 +24,22 @@ _UINT16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 # keeping the colour, and un-premultiplies "RGBa" first, so the true colour is kept.
 _EIGHT_BIT_TYPESTRS = frozenset({"|u1", "|b1"})
 _UINT16_MAX = 65535
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` RGB pixels of an image file of any mode and bit depth.
+
+    Raises:
+        DataError: Pillow cannot decode the file (the message names it).
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            rgb = to_rgb8(image)  # decodes inside the try
+    except DECODE_ERRORS as error:
+        raise DataError(f"cannot read image {path}: {type(error).__name__}: {error}") from None
+    return np.asarray(rgb)
 
 
 def to_rgb8(image: Image.Image) -> Image.Image:

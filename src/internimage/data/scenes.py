@@ -32,7 +32,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -40,11 +40,12 @@ from pathlib import Path
 import numpy as np
 
 from internimage.data.fashion_mnist import FASHION_MNIST_CLASSES, load_bundled_subset
-from internimage.errors import ConfigError, DataError
+from internimage.errors import ConfigError, DataError, MissingDependencyError
 from internimage.files import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "ADE_FOLDER",
+    "COCO_FOLDER",
     "ITEM_THRESHOLD",
     "MIN_VISIBLE_PIXELS",
     "SCENE_CLASSES",
@@ -54,9 +55,11 @@ __all__ = [
     "generate_scene",
     "generate_scenes",
     "iter_scenes",
+    "default_scenes_root",
     "render_item_alpha",
     "scene_name",
     "write_scenes_ade",
+    "write_scenes_coco",
 ]
 
 #: Names of the annotation values: 0 background, then the ten Fashion-MNIST classes (1..10).
@@ -65,6 +68,8 @@ SCENE_CLASSES: tuple[str, ...] = ("background", *FASHION_MNIST_CLASSES)
 SCENE_SPLITS: dict[str, str] = {"training": "train", "validation": "test"}
 #: Folder name of the ADE20K layout under the writer's root.
 ADE_FOLDER = "ADEChallengeData2016"
+#: Folder name of the COCO layout under the writer's root.
+COCO_FOLDER = "coco"
 
 #: A rescaled item pixel belongs to the item where its intensity (0..255) is above this.
 ITEM_THRESHOLD = 24
@@ -286,6 +291,13 @@ def generate_scenes(split: str, count: int, *, seed: int, size: int = 128) -> li
     return list(iter_scenes(split, count, seed=seed, size=size))
 
 
+def default_scenes_root() -> Path:
+    """Where the training tasks generate ``fashion-mnist-scenes`` without ``data.root``:
+    ``$INTERNIMAGE_CACHE/fashion-mnist-scenes`` or ``~/.cache/internimage/fashion-mnist-scenes``."""
+    cache = os.environ.get("INTERNIMAGE_CACHE") or Path.home() / ".cache" / "internimage"
+    return Path(cache) / "fashion-mnist-scenes"
+
+
 def _png_bytes(array: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -295,18 +307,25 @@ def _png_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _manifest(train_count: int, val_count: int, seed: int, size: int) -> dict[str, object]:
-    return {
+def _manifest(
+    layout: str, train_count: int, val_count: int, seed: int, size: int
+) -> dict[str, object]:
+    manifest: dict[str, object] = {
         "generator": _GENERATOR_ID,
         "version": _FORMAT_VERSION,
         "train_count": train_count,
         "val_count": val_count,
         "seed": seed,
         "size": size,
-        "classes": list(SCENE_CLASSES),
-        "labels": "0 = background, k + 1 = Fashion-MNIST class k; read with "
-        "reduce_zero_label=False for 11 classes",
     }
+    if layout == "ade":
+        manifest["classes"] = list(SCENE_CLASSES)
+        manifest["labels"] = ("0 = background, k + 1 = Fashion-MNIST class k; read with "
+                              "reduce_zero_label=False for 11 classes")
+    else:
+        manifest["layout"] = layout
+        manifest["categories"] = list(FASHION_MNIST_CLASSES)
+    return manifest
 
 
 def _read_manifest(path: Path) -> dict[str, object] | None:
@@ -355,52 +374,162 @@ def write_scenes_ade(
         DataError: ``root/ADEChallengeData2016`` exists but was not written by this function.
         ConfigError: A negative count or seed, or a size below 20.
     """
-    _check_seed(seed)
-    _check_size(size)
-    counts = {"training": train_count, "validation": val_count}
-    for split, count in counts.items():
-        if not isinstance(count, int) or count < 0:
-            raise ConfigError(f"{split} scene count must be a non-negative integer, got {count!r}")
+    counts = _check_counts(train_count, val_count, seed, size)
     data_dir = Path(root) / ADE_FOLDER
-    manifest_path = data_dir / _MANIFEST
-    wanted = _manifest(train_count, val_count, seed, size)
     names = {
         split: [scene_name(split, i) + ".png" for i in range(n)] for split, n in counts.items()
     }
 
+    def write() -> None:
+        for split, count in counts.items():
+            image_dir = data_dir / "images" / split
+            label_dir = data_dir / "annotations" / split
+            _prune(split, names[split], image_dir, label_dir)
+            for index, scene in enumerate(iter_scenes(split, count, seed=seed, size=size)):
+                file_name = names[split][index]
+                atomic_write_bytes(image_dir / file_name, _png_bytes(scene.image))
+                atomic_write_bytes(label_dir / file_name, _png_bytes(scene.semantic_mask()))
+        atomic_write_text(data_dir / "classes.txt", "\n".join(SCENE_CLASSES) + "\n")
+
+    expected = {
+        data_dir / kind / split: set(names[split])
+        for split in counts for kind in ("images", "annotations")
+    }
+    return _write_once(data_dir, _manifest("ade", train_count, val_count, seed, size), expected,
+                       write, "write_scenes_ade")
+
+
+def _check_counts(train_count: int, val_count: int, seed: int, size: int) -> dict[str, int]:
+    _check_seed(seed)
+    _check_size(size)
+    counts = {"training": train_count, "validation": val_count}
+    for split, count in counts.items():
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ConfigError(f"{split} scene count must be a non-negative integer, got {count!r}")
+    return counts
+
+
+def _prune(split: str, keep: list[str], *folders: Path) -> None:
+    """Make ``folders`` and remove scene files of ``split`` beyond the ones kept (a set written
+    before with larger counts)."""
+    wanted = set(keep)
+    prefix = f"scene_{split}_"
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in _listing(folder):
+            if stale.startswith(prefix) and stale not in wanted:
+                (folder / stale).unlink(missing_ok=True)
+
+
+def _write_once(
+    data_dir: Path,
+    wanted: dict[str, object],
+    expected: dict[Path, set[str]],
+    write: Callable[[], None],
+    writer: str,
+) -> Path:
+    """Run ``write`` unless ``data_dir`` already holds the set described by ``wanted`` (its
+    manifest) with every file of ``expected`` (folder -> names) present."""
+    manifest_path = data_dir / _MANIFEST
     existing = _read_manifest(manifest_path) if manifest_path.is_file() else None
     if existing is not None and existing.get("generator") != _GENERATOR_ID:
         existing = None
     if existing is None and data_dir.is_dir() and any(data_dir.iterdir()):
         raise DataError(
-            f"{data_dir} exists and was not written by write_scenes_ade (no {_MANIFEST}); "
+            f"{data_dir} exists and was not written by {writer} (no {_MANIFEST}); "
             f"choose another root or remove it"
         )
-    if existing == wanted and all(
-        set(names[split]) <= _listing(data_dir / kind / split)
-        for split in counts
-        for kind in ("images", "annotations")
-    ):
+    if existing == wanted and all(names <= _listing(folder) for folder, names in expected.items()):
         return data_dir
-
     # From here on the folder is ours: drop the manifest first so that a crash midway leaves a
     # set that the next call regenerates.
     manifest_path.unlink(missing_ok=True)
-    for split, count in counts.items():
-        image_dir = data_dir / "images" / split
-        label_dir = data_dir / "annotations" / split
-        image_dir.mkdir(parents=True, exist_ok=True)
-        label_dir.mkdir(parents=True, exist_ok=True)
-        keep = set(names[split])
-        prefix = f"scene_{split}_"
-        for folder in (image_dir, label_dir):
-            for stale in _listing(folder):
-                if stale.startswith(prefix) and stale not in keep:
-                    (folder / stale).unlink(missing_ok=True)
-        for index, scene in enumerate(iter_scenes(split, count, seed=seed, size=size)):
-            file_name = names[split][index]
-            atomic_write_bytes(image_dir / file_name, _png_bytes(scene.image))
-            atomic_write_bytes(label_dir / file_name, _png_bytes(scene.semantic_mask()))
-    atomic_write_text(data_dir / "classes.txt", "\n".join(SCENE_CLASSES) + "\n")
+    write()
     atomic_write_text(manifest_path, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
     return data_dir
+
+
+def write_scenes_coco(
+    root: str | Path,
+    *,
+    train_count: int = 2000,
+    val_count: int = 200,
+    seed: int = 0,
+    size: int = 128,
+) -> Path:
+    """Write Fashion-MNIST scenes as a COCO instances dataset, unless the same set is there.
+
+    The scenes are those of :func:`write_scenes_ade` with the same arguments. Layout under
+    ``root/coco``: ``train/<name>.png`` and ``val/<name>.png`` (RGB, lossless),
+    ``annotations/instances_train.json`` and ``instances_val.json`` (COCO format: one
+    annotation per visible item with its box ``[x, y, width, height]``, its visible mask as
+    compressed RLE, its visible area and ``iscrowd`` 0; categories 1..10 are the Fashion-MNIST
+    classes, as in the semantic labels) and ``scenes.json``. Written atomically, manifest last,
+    like :func:`write_scenes_ade`.
+
+    Args:
+        root: Folder that gets (or has) ``coco``.
+        train_count: Training scenes (items from the subset's train split).
+        val_count: Validation scenes (items from the subset's test split).
+        seed: Non-negative integer seed.
+        size: Canvas side in pixels.
+
+    Returns:
+        The ``coco`` folder.
+
+    Raises:
+        DataError: ``root/coco`` exists but was not written by this function.
+        ConfigError: A negative count or seed, or a size below 20.
+        MissingDependencyError: pycocotools (the ``det`` extra) is not installed.
+    """
+    counts = _check_counts(train_count, val_count, seed, size)
+    try:
+        from pycocotools import mask as coco_mask
+    except ImportError:
+        raise MissingDependencyError(
+            "writing COCO masks needs pycocotools: pip install 'internimage[det]'"
+        ) from None
+    data_dir = Path(root) / COCO_FOLDER
+    folders = {"training": "train", "validation": "val"}
+    names = {
+        split: [scene_name(split, i) + ".png" for i in range(n)] for split, n in counts.items()
+    }
+    categories = [
+        {"id": k + 1, "name": name, "supercategory": "fashion"}
+        for k, name in enumerate(FASHION_MNIST_CLASSES)
+    ]
+
+    def write() -> None:
+        for split, count in counts.items():
+            image_dir = data_dir / folders[split]
+            _prune(split, names[split], image_dir, data_dir / "annotations")
+            images, annotations = [], []
+            for index, scene in enumerate(iter_scenes(split, count, seed=seed, size=size)):
+                file_name = names[split][index]
+                atomic_write_bytes(image_dir / file_name, _png_bytes(scene.image))
+                height, width = scene.image.shape[:2]
+                images.append({"id": index + 1, "file_name": file_name, "width": width,
+                               "height": height})
+                for inst in scene.instances:
+                    rle = coco_mask.encode(np.asfortranarray(inst.mask.astype(np.uint8)))
+                    x0, y0, x1, y1 = inst.box
+                    annotations.append({
+                        "id": len(annotations) + 1, "image_id": index + 1,
+                        "category_id": inst.category + 1,
+                        "bbox": [x0, y0, x1 - x0, y1 - y0], "area": inst.area, "iscrowd": 0,
+                        "segmentation": {"size": [height, width],
+                                         "counts": rle["counts"].decode("ascii")},
+                    })
+            payload = {
+                "info": {"description": f"Fashion-MNIST scenes ({split}), synthetic: items of "
+                         f"the bundled Fashion-MNIST {SCENE_SPLITS[split]} images on "
+                         "generated canvases", "version": str(_FORMAT_VERSION)},
+                "images": images, "annotations": annotations, "categories": categories,
+            }
+            atomic_write_text(data_dir / "annotations" / f"instances_{folders[split]}.json",
+                              json.dumps(payload, separators=(",", ":")) + "\n")
+
+    expected = {data_dir / folders[split]: set(names[split]) for split in counts}
+    expected[data_dir / "annotations"] = {f"instances_{f}.json" for f in folders.values()}
+    return _write_once(data_dir, _manifest("coco", train_count, val_count, seed, size),
+                       expected, write, "write_scenes_coco")

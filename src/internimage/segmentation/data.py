@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from internimage.data.images import to_rgb8
+from internimage.data.images import DECODE_ERRORS, read_image
 from internimage.errors import ConfigError, DataError, MissingFileError
 
 __all__ = [
@@ -69,30 +69,12 @@ _CLASSES_FILE = "classes.txt"
 # Mask modes whose values are indices. "I;16*" are 16-bit unsigned, "I" 32-bit signed (some
 # Pillow versions open 16-bit PNGs so), "1" is 0/1.
 _INDEX_MODES = frozenset({"1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N"})
-# What Pillow raises for files it cannot decode (truncated, not an image, bad header).
-_DECODE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, SyntaxError)
 
 
 def _image_suffixes() -> frozenset[str]:
     from PIL import Image
 
     return frozenset(ext.lower() for ext in Image.registered_extensions())
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """uint8 ``[H, W, 3]`` RGB pixels of an image file of any mode and bit depth.
-
-    Raises:
-        DataError: Pillow cannot decode the file (the message names it).
-    """
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            rgb = to_rgb8(image)  # decodes inside the try
-    except _DECODE_ERRORS as error:
-        raise DataError(f"cannot read image {path}: {type(error).__name__}: {error}") from None
-    return np.asarray(rgb)
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -115,7 +97,7 @@ def read_mask(path: str | Path) -> np.ndarray:
                     f"(mode 'L', 'P' or 16-bit 'I;16'), not colours"
                 )
             values = np.asarray(mask)  # decodes; for "P" these are the palette indices
-    except _DECODE_ERRORS as error:
+    except DECODE_ERRORS as error:
         if isinstance(error, DataError):
             raise
         raise DataError(f"cannot read mask {path}: {type(error).__name__}: {error}") from None

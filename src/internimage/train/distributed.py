@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,7 @@ __all__ = [
     "all_reduce_sum",
     "convert_batchnorm",
     "init_distributed",
+    "on_rank_zero_first",
     "resolve_device",
     "shutdown_distributed",
 ]
@@ -111,6 +113,16 @@ def shutdown_distributed() -> None:
     """Leave the process group (no-op for a single process)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def on_rank_zero_first(action: Callable[[], object]) -> None:
+    """Run ``action()`` on rank 0 while the other processes wait (one writer for shared files,
+    such as a generated dataset); just run it in a single process."""
+    distributed = dist.is_available() and dist.is_initialized()
+    if not distributed or dist.get_rank() == 0:
+        action()
+    if distributed:
+        dist.barrier()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

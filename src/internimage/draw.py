@@ -1,12 +1,14 @@
-"""Pictures and numbers for a segmentation prediction: what ``internimage predict`` writes.
+"""Pictures and numbers of dense predictions: what ``internimage predict`` writes.
 
 * :func:`palette` gives each class a colour, the same on every run and machine;
 * :func:`overlay` blends the class colours over the image;
 * :func:`class_shares` says how much of the image each class covers (``predict --json``);
 * :func:`render_prediction` puts the overlay beside the original with a legend of the classes
-  present, and :func:`save_prediction` writes that as a PNG file, atomically.
+  present, and :func:`save_prediction` writes that as a PNG file, atomically;
+* :func:`render_detections` draws detected objects (masks, boxes, class names and scores), and
+  :func:`save_detections` writes that as a PNG file, atomically.
 
-Only numpy is needed to import this module; Pillow is imported by the two functions that draw
+Only numpy is needed to import this module; Pillow is imported by the functions that draw
 (``pip install pillow``), so ``import internimage`` works without it.
 """
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 import functools
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +30,15 @@ from internimage.files import atomic_write_bytes
 if TYPE_CHECKING:
     from PIL import Image as PILImage
 
-__all__ = ["class_shares", "overlay", "palette", "render_prediction", "save_prediction"]
+__all__ = [
+    "class_shares",
+    "overlay",
+    "palette",
+    "render_detections",
+    "render_prediction",
+    "save_detections",
+    "save_prediction",
+]
 
 
 # --- palette ---------------------------------------------------------------------------------
@@ -484,6 +494,135 @@ def render_prediction(
     return canvas
 
 
+def render_detections(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    masks: np.ndarray | None = None,
+    colors: np.ndarray | None = None,
+    alpha: float = 0.45,
+) -> PILImage.Image:
+    """Detected objects over the image: each mask blended in its class colour, its box outlined
+    in the same colour, and ``name score`` on a label above the box (inside it at the top edge).
+
+    The picture is the image enlarged as :func:`render_prediction` enlarges it (nearest
+    neighbour, shorter side at least 256 px) with an 8 px white margin; objects are drawn in
+    increasing score, so the surest ends on top.
+
+    Args:
+        image: uint8 ``[H, W, 3]`` RGB image.
+        boxes: ``[K, 4]`` boxes ``(x1, y1, x2, y2)`` in image pixels.
+        labels: ``[K]`` labels, ``1..len(class_names)`` (0 is the background).
+        scores: ``[K]`` confidences in [0, 1].
+        class_names: Name of each object class, label ``k + 1`` being ``class_names[k]``.
+        masks: Optional bool ``[K, H, W]`` instance masks.
+        colors: ``[len(class_names), 3]`` colours; ``palette(len(class_names))`` if None.
+        alpha: Weight of the class colour in the masks, 0 to 1.
+
+    Returns:
+        An RGB PIL image.
+
+    Raises:
+        ValueError: Shapes that do not fit, or a label outside ``1..len(class_names)``.
+        MissingDependencyError: Pillow is not installed.
+    """
+    image_module, image_draw, image_font = _require_pil()
+    image = _check_image(image)
+    alpha = _check_alpha(alpha)
+    colors = _check_colors(palette(len(class_names)) if colors is None else colors)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    labels = np.asarray(labels).reshape(-1)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    count = boxes.shape[0]
+    if labels.shape[0] != count or scores.shape[0] != count:
+        raise ValueError(
+            f"{count} boxes but {labels.shape[0]} labels and {scores.shape[0]} scores"
+        )
+    bad = labels[(labels < 1) | (labels > len(class_names))]
+    if bad.size:
+        raise ValueError(f"labels must be 1..{len(class_names)}; got {show_values(bad)}")
+    height, width = image.shape[:2]
+    if masks is not None:
+        masks = np.asarray(masks).astype(bool)
+        if masks.shape != (count, height, width):
+            raise ValueError(
+                f"masks must be [{count}, {height}, {width}] for {count} objects on a "
+                f"{width}x{height} image, got {list(masks.shape)}"
+            )
+    order = np.argsort(scores, kind="stable")  # the surest last, on top
+    picture = image.astype(np.float64)
+    if masks is not None:
+        for k in order:
+            color = colors[int(labels[k]) - 1].astype(np.float64)
+            picture[masks[k]] = (1 - alpha) * picture[masks[k]] + alpha * color
+    picture = np.clip(np.rint(picture), 0, 255).astype(np.uint8)
+    scale = _scale_factor(height, width)
+    enlarged = np.repeat(np.repeat(picture, scale, axis=0), scale, axis=1)
+    canvas = image_module.new(
+        "RGB", (width * scale + 2 * _MARGIN, height * scale + 2 * _MARGIN), _BACKGROUND
+    )
+    canvas.paste(image_module.fromarray(np.ascontiguousarray(enlarged)), (_MARGIN, _MARGIN))
+    draw = image_draw.Draw(canvas)
+    font = _load_font(image_font)
+    anchored = isinstance(font, image_font.FreeTypeFont)
+    for k in order:
+        color = tuple(int(v) for v in colors[int(labels[k]) - 1])
+        x1, y1, x2, y2 = (_MARGIN + float(v) * scale for v in boxes[k])
+        draw.rectangle((x1, y1, x2, y2), outline=color, width=2)
+        text = f"{_short_name(class_names[int(labels[k]) - 1])} {scores[k]:.2f}"
+        text_w = math.ceil(draw.textlength(text, font=font)) + 4
+        top = y1 - _FONT_SIZE - 4 if y1 - _FONT_SIZE - 4 >= 0 else y1
+        # Kept inside the picture: a label at the right edge moves left.
+        x1 = max(0.0, min(x1, canvas.width - text_w))
+        draw.rectangle((x1, top, x1 + text_w, top + _FONT_SIZE + 4), fill=color)
+        # Dark text on light colours, white on dark ones (sRGB luma).
+        luma = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+        ink = _INK if luma > 140 else _BACKGROUND
+        if anchored:
+            draw.text((x1 + 2, top + (_FONT_SIZE + 4) / 2), text, fill=ink, font=font,
+                      anchor="lm")
+        else:
+            draw.text((x1 + 2, top + 2), text, fill=ink, font=font)
+    return canvas
+
+
+def _write_png(path: str | Path, render: Callable[[], PILImage.Image]) -> None:
+    """Check ``path``, draw with ``render()``, write the PNG atomically."""
+    path = Path(path)
+    # PNG bytes under another extension would mislead whoever opens the file.
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"a prediction is saved as PNG; {path} should end in .png")
+    buffer = io.BytesIO()
+    render().save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def save_detections(
+    path: str | Path,
+    image: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    masks: np.ndarray | None = None,
+    colors: np.ndarray | None = None,
+    alpha: float = 0.45,
+) -> None:
+    """Draw detections with :func:`render_detections` (same arguments after ``path``) and write
+    them to ``path`` as a PNG, atomically (nothing is written when drawing fails).
+
+    Raises:
+        ValueError: ``path`` does not end in ``.png``, or the inputs do not fit.
+        MissingDependencyError: Pillow is not installed.
+    """
+    _write_png(path, lambda: render_detections(
+        image, boxes, labels, scores, class_names, masks=masks, colors=colors, alpha=alpha))
+
+
 def save_prediction(
     path: str | Path,
     image: np.ndarray,
@@ -509,11 +648,4 @@ def save_prediction(
         ValueError: ``path`` does not end in ``.png``, or the inputs do not fit.
         MissingDependencyError: Pillow is not installed.
     """
-    path = Path(path)
-    # PNG bytes under another extension would mislead whoever opens the file.
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"a prediction is saved as PNG; {path} should end in .png")
-    picture = render_prediction(image, mask, class_names, **kwargs)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
+    _write_png(path, lambda: render_prediction(image, mask, class_names, **kwargs))

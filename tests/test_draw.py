@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from internimage.errors import MissingDependencyError
-from internimage.segmentation import draw
-from internimage.segmentation.draw import (
+from internimage import draw
+from internimage.draw import (
     class_shares,
     overlay,
     palette,
     render_prediction,
     save_prediction,
 )
+from internimage.errors import MissingDependencyError
 
 IGNORE = 255
 M = draw._MARGIN  # the layout render_prediction's docstring promises
@@ -375,3 +375,37 @@ def test_save_prediction_png_round_trip_is_lossless(tmp_path) -> None:
     np.testing.assert_array_equal(
         picture[M : M + panel : 16, 2 * M + panel : 2 * M + 2 * panel : 16], image
     )
+
+
+def test_detections_are_drawn_in_their_class_colours_inside_the_picture(tmp_path) -> None:
+    from internimage.draw import render_detections, save_detections
+
+    image = np.full((64, 80, 3), 30, np.uint8)
+    masks = np.zeros((2, 64, 80), bool)
+    masks[0, 10:30, 10:30] = True
+    masks[1, 40:60, 60:80] = True
+    boxes = np.array([[10, 10, 30, 30], [60, 40, 80, 60]], float)
+    colors = np.array([[255, 0, 0], [0, 0, 255]], np.uint8)
+    picture = np.asarray(render_detections(image, boxes, [1, 2], [0.9, 0.6], ["a", "b"],
+                                           masks=masks, colors=colors, alpha=0.5))
+    scale = draw._scale_factor(64, 80)
+    assert picture.shape == (64 * scale + 2 * M, 80 * scale + 2 * M, 3)
+
+    def at(y: int, x: int) -> list[int]:  # image pixel (y, x) in the picture
+        return picture[M + y * scale + scale // 2, M + x * scale + scale // 2].tolist()
+
+    assert at(20, 20) == [142, 15, 15]  # (30 + 255) / 2 rounded, red mask
+    assert at(50, 70) == [15, 15, 142]  # blue mask
+    assert at(5, 50) == [30, 30, 30]  # untouched background
+    # The box outline is in the class colour on the box's left edge.
+    assert picture[M + 20 * scale, M + 10 * scale].tolist() == [255, 0, 0]
+    with pytest.raises(ValueError, match=r"labels must be 1\.\.2"):
+        render_detections(image, boxes, [1, 3], [0.9, 0.6], ["a", "b"])
+    with pytest.raises(ValueError, match=r"masks must be \[2, 64, 80\]"):
+        render_detections(image, boxes, [1, 2], [0.9, 0.6], ["a", "b"], masks=masks[:, :10])
+    path = tmp_path / "d.png"
+    save_detections(path, image, boxes, [1, 2], [0.9, 0.6], ["a", "b"], masks=masks)
+    assert Image.open(path).size == (picture.shape[1], picture.shape[0])
+    with pytest.raises(ValueError, match=r"should end in \.png"):
+        save_detections(tmp_path / "d.jpg", image, boxes, [1, 2], [0.9, 0.6], ["a", "b"])
+    assert not (tmp_path / "d.jpg").exists()
