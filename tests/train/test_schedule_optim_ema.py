@@ -113,4 +113,4 @@ def test_warmup_then_poly_decay_to_min() -> None:
         assert schedule.value(step) == pytest.approx(0.1 + 0.9 * (1 - progress) ** 2)
     with pytest.raises(ValueError, match="decay"):
         WarmupCosineSchedule(optimizer, base_lr=1.0, warmup_lr=0.0, min_lr=0.0, warmup_steps=0,
-                             total_steps=1, decay="step")
+                             total_steps=1, decay="exponential")

@@ -1,8 +1,10 @@
-"""Learning-rate scaling and the per-step schedule: linear warm-up, then cosine or poly decay."""
+"""Learning-rate scaling and the per-step schedule: linear warm-up, then cosine, poly or step
+decay."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -24,8 +26,10 @@ class WarmupCosineSchedule:
 
     ``value`` rises linearly from ``warmup_lr`` (step 0) towards ``base_lr`` over
     ``warmup_steps``, then decays from ``base_lr`` to ``min_lr`` at ``total_steps``: along a half
-    cosine, or (``decay="poly"``, mmseg's schedule) as ``(1 - progress) ** power``. The first
-    call of :meth:`apply` happens before the first step.
+    cosine, or (``decay="poly"``, mmseg's schedule) as ``(1 - progress) ** power``, or
+    (``decay="step"``, mmdet's schedule) multiplied by ``gamma`` at each of ``milestones``
+    (optimiser steps; ``min_lr`` is not used). The first call of :meth:`apply` happens before
+    the first step.
 
     Args:
         optimizer: Its param groups may carry ``lr_scale`` (layer-wise decay); default 1.
@@ -34,8 +38,10 @@ class WarmupCosineSchedule:
         min_lr: Learning rate at the last step.
         warmup_steps: Warm-up length in optimiser steps.
         total_steps: Total optimiser steps of the run.
-        decay: ``cosine`` or ``poly``.
+        decay: ``cosine``, ``poly`` or ``step``.
         power: Power of the polynomial decay.
+        milestones: Steps at which the step decay multiplies the rate by ``gamma``.
+        gamma: Factor of each step.
     """
 
     def __init__(
@@ -49,9 +55,11 @@ class WarmupCosineSchedule:
         total_steps: int,
         decay: str = "cosine",
         power: float = 1.0,
+        milestones: Sequence[int] = (),
+        gamma: float = 0.1,
     ) -> None:
-        if decay not in ("cosine", "poly"):
-            raise ValueError(f"decay must be 'cosine' or 'poly', got {decay!r}")
+        if decay not in ("cosine", "poly", "step"):
+            raise ValueError(f"decay must be 'cosine', 'poly' or 'step', got {decay!r}")
         if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
             raise ValueError(
                 f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps}), "
@@ -65,12 +73,16 @@ class WarmupCosineSchedule:
         self.total_steps = total_steps
         self.decay = decay
         self.power = power
+        self.milestones = tuple(sorted(int(m) for m in milestones))
+        self.gamma = gamma
         self.step_count = 0
 
     def value(self, step: int) -> float:
         """Learning rate of optimiser step ``step`` (0-based)."""
         if step < self.warmup_steps:
             return self.warmup_lr + (self.base_lr - self.warmup_lr) * step / self.warmup_steps
+        if self.decay == "step":
+            return self.base_lr * self.gamma ** sum(step >= m for m in self.milestones)
         decay_steps = self.total_steps - self.warmup_steps
         progress = min(1.0, (step - self.warmup_steps) / max(1, decay_steps))
         if self.decay == "poly":
