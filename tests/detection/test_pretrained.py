@@ -1,0 +1,130 @@
+"""The released COCO Mask R-CNN presets: architectures, COCO's classes and ids, and weights from
+the Hugging Face cache without network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hub_cache import hub_snapshot, offline_hub
+
+pytest.importorskip("torchvision", reason="the det extra is not installed")
+
+from internimage.detection import (  # noqa: E402
+    COCO_CATEGORY_IDS,
+    COCO_CLASSES,
+    COCO_MODELS,
+    DetectionWeights,
+    create_detection_model,
+)
+from internimage.errors import UsageError, WeightsUnavailableError  # noqa: E402
+
+# The paper's Table 3 (Mask R-CNN with InternImage-T/S/B): 49M, 69M and 115M parameters.
+PUBLISHED_MILLIONS = {"t": 49, "s": 69, "b": 115}
+
+
+@pytest.mark.parametrize("name", sorted(COCO_MODELS))
+def test_presets_have_the_published_size(name: str) -> None:
+    with torch.device("meta"):
+        model = create_detection_model(name)
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    letter = COCO_MODELS[name].variant.rsplit("_", 1)[1]
+    assert millions == pytest.approx(PUBLISHED_MILLIONS[letter], rel=0.02), millions
+    assert model.roi_heads.box_predictor.cls_score.out_features == 81
+    assert model.transform.min_size == (800,) and model.transform.max_size == 1333
+
+
+def test_coco_classes_and_category_ids() -> None:
+    assert len(COCO_CLASSES) == len(set(COCO_CLASSES)) == 80
+    assert len(COCO_CATEGORY_IDS) == 80
+    assert list(COCO_CATEGORY_IDS) == sorted(set(COCO_CATEGORY_IDS))
+    assert set(range(1, 91)) - set(COCO_CATEGORY_IDS) == {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}
+    named = dict(zip(COCO_CLASSES, COCO_CATEGORY_IDS, strict=True))
+    assert named["person"] == 1 and named["backpack"] == 27 and named["toothbrush"] == 90
+    assert named["dining table"] == 67 and named["tv"] == 72
+
+
+def _mmdet_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision Mask R-CNN keys and tensors back to mmdet's (the inverse of the conversion,
+    written out independently)."""
+    out = {}
+    for key, value in state.items():
+        prefix, _, leaf = key.rpartition(".")
+        if prefix == "roi_heads.box_predictor.cls_score":
+            out[f"roi_head.bbox_head.fc_cls.{leaf}"] = torch.cat([value[1:], value[:1]])
+            continue
+        if prefix == "roi_heads.box_predictor.bbox_pred":
+            out[f"roi_head.bbox_head.fc_reg.{leaf}"] = value[4:]
+            continue
+        if prefix == "roi_heads.mask_predictor.mask_fcn_logits":
+            out[f"roi_head.mask_head.conv_logits.{leaf}"] = value[1:]
+            continue
+        parts = prefix.split(".")
+        if parts[:2] == ["backbone", "body"]:
+            new = ".".join(["backbone", *parts[2:]])
+        elif parts[:3] == ["backbone", "fpn", "inner_blocks"]:
+            new = f"neck.lateral_convs.{parts[3]}.conv"
+        elif parts[:3] == ["backbone", "fpn", "layer_blocks"]:
+            new = f"neck.fpn_convs.{parts[3]}.conv"
+        elif prefix == "rpn.head.conv.0.0":
+            new = "rpn_head.rpn_conv"
+        elif prefix == "rpn.head.cls_logits":
+            new = "rpn_head.rpn_cls"
+        elif prefix == "rpn.head.bbox_pred":
+            new = "rpn_head.rpn_reg"
+        elif prefix in ("roi_heads.box_head.fc6", "roi_heads.box_head.fc7"):
+            new = f"roi_head.bbox_head.shared_fcs.{int(prefix[-1]) - 6}"
+        elif parts[:2] == ["roi_heads", "mask_head"]:
+            new = f"roi_head.mask_head.convs.{parts[2]}.conv"
+        elif prefix == "roi_heads.mask_predictor.conv5_mask":
+            new = "roi_head.mask_head.upsample"
+        else:
+            raise AssertionError(f"unmapped key {key}")
+        out[f"{new}.{leaf}"] = value
+    return out
+
+
+def test_released_weights_load_from_the_hub_cache_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny = DetectionWeights("tiny_coco", "internimage_atto", "tiny_coco.pth", "1x", (0.0, 0.0),
+                            (("depths", [1, 1, 1, 1]), ("layer_scale", 1.0)))
+    monkeypatch.setitem(COCO_MODELS, tiny.name, tiny)
+    source = create_detection_model(tiny.name).eval()
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+        # The background rows that mmdet files do not hold are zero after conversion.
+        source.roi_heads.box_predictor.bbox_pred.weight[:4] = 0
+        source.roi_heads.box_predictor.bbox_pred.bias[:4] = 0
+        source.roi_heads.mask_predictor.mask_fcn_logits.weight[:1] = 0
+        source.roi_heads.mask_predictor.mask_fcn_logits.bias[:1] = 0
+    cache = tmp_path / "hub"
+    offline_hub(monkeypatch, cache)
+    with pytest.raises(WeightsUnavailableError, match=r"tiny_coco\.pth.*Hugging Face cache"):
+        create_detection_model(tiny.name, pretrained=True)
+
+    snapshot = hub_snapshot(cache)
+    torch.save({"meta": {}, "state_dict": _mmdet_keys(source.state_dict())},
+               snapshot / tiny.file_name)
+    loaded = create_detection_model(tiny.name, pretrained=True)
+    assert not loaded.training
+    for key, value in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        for (a_name, a), (b_name, b) in zip(loaded.backbone(x).items(),
+                                            source.backbone(x).items(), strict=True):
+            assert a_name == b_name and torch.equal(a, b)
+    local = create_detection_model(tiny.name, pretrained=snapshot / tiny.file_name)
+    assert torch.equal(local.rpn.head.cls_logits.weight, source.rpn.head.cls_logits.weight)
+
+
+def test_bad_requests_are_named() -> None:
+    with pytest.raises(UsageError, match="unknown detection model 'mask_rcnn_x'.*available"):
+        create_detection_model("mask_rcnn_x")
+    with pytest.raises(UsageError, match="80 COCO classes, not 3"):
+        create_detection_model("mask_rcnn_internimage_t_1x_coco", pretrained=True,
+                               num_classes=3)
