@@ -1,5 +1,5 @@
 """Segmentation through the one training loop: the CLI on tiny Fashion-MNIST scenes, resume,
-worker processes, the optimiser groups, and bad data as one-line errors."""
+worker processes, torchrun (DDP, FSDP), the optimiser groups, and bad data as one-line errors."""
 
 from __future__ import annotations
 
@@ -13,32 +13,42 @@ from pathlib import Path
 import pytest
 import torch
 
+from command_line import COMMAND, set_args, step_losses
+
 pytest.importorskip("transformers", reason="the seg extra is not installed")
 
+from internimage.errors import ConfigError  # noqa: E402
 from internimage.train import Trainer, apply_overrides, load_training_checkpoint  # noqa: E402
 from internimage.train.config import PRESETS  # noqa: E402
-
-_SCRIPT = Path(sys.executable).with_name("internimage")
-COMMAND = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "internimage.cli.main"]
+from internimage.train.launch import free_port  # noqa: E402
+from internimage.train.tasks import create_task  # noqa: E402
 
 # 48 training and 8 validation scenes of 64 px, a one-block-per-stage atto: 3 steps of 16.
 TINY = [
     "device=cpu",
     "model.depths=1,1,1,1",
-    "segmentation.scenes_train=48",
-    "segmentation.scenes_val=8",
-    "segmentation.scene_size=64",
+    "data.scenes_train=48",
+    "data.scenes_val=8",
+    "data.scene_size=64",
     "data.image_size=64",
     "schedule.epochs=2",
     "schedule.warmup_epochs=0.5",
     "progress=false",
     "processes=1",
     "log_every=1",
+    "batch_size=16",
 ]
 
 
-def _set(assignments: list[str]) -> list[str]:
-    return [arg for assignment in assignments for arg in ("--set", assignment)]
+# Without augmentation: runs that differ only in how the work is split are compared step by step.
+FIXED = [
+    "segmentation.hflip=0", "segmentation.scale_range=1,1", "segmentation.photometric=false",
+    "segmentation.cat_max_ratio=1", "schedule.epochs=1",
+    # Adam divides each gradient by its own magnitude, so how far rounding differences grow
+    # depends on the step size: comparisons are made at a fixed one, not the preset's (which
+    # tuning changes).
+    "optim.lr=1.2e-2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +63,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def _train(*args: str, scenes: Path, out: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*COMMAND, "train", "--preset", "fashion-mnist-scenes", *_set(TINY), "--data-root",
+        [*COMMAND, "train", "--preset", "fashion-mnist-scenes", *set_args(TINY), "--data-root",
          str(scenes), "--output-dir", str(out), *args],
         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
@@ -91,7 +101,7 @@ def test_the_cli_trains_segmentation_and_resumes(scenes_root: Path, tmp_path: Pa
     assert metrics["mIoU"] == pytest.approx(last["val_mIoU"], abs=1e-3)
     assert metrics["aAcc"] == pytest.approx(last["val_aAcc"], abs=1e-3)
     wrong = _cli("eval", "--checkpoint", str(run / "last.pt"), "--data", "fashion-mnist-subset")
-    assert wrong.returncode == 2 and "classification dataset" in wrong.stderr
+    assert wrong.returncode == 2 and "not a segmentation dataset" in wrong.stderr
 
     images = sorted((scenes_root / "ADEChallengeData2016" / "images" / "validation").iterdir())[:2]
     drawn = tmp_path / "drawn"
@@ -120,15 +130,7 @@ def test_two_worker_processes_train_the_same_segmentation_run(
     scenes_root: Path, tmp_path: Path
 ) -> None:
     """Without augmentation the runs differ in summation order only."""
-    settings = TINY + [
-        f"data.root={scenes_root}", f"output_dir={tmp_path}", "segmentation.hflip=0",
-        "segmentation.scale_range=1,1", "segmentation.photometric=false",
-        "segmentation.cat_max_ratio=1", "schedule.epochs=1",
-        # Adam divides each gradient by its own magnitude, so how far rounding differences
-        # grow depends on the step size: this comparison is made at a fixed one, not the
-        # preset's (which tuning changes).
-        "optim.lr=1.2e-2",
-    ]
+    settings = TINY + FIXED + [f"data.root={scenes_root}", f"output_dir={tmp_path}"]
     base = PRESETS["fashion-mnist-scenes"]
     single = Trainer(apply_overrides(base, settings + ["name=one"])).fit()
     double = Trainer(apply_overrides(base, settings + ["name=two", "processes=2"])).fit()
@@ -140,9 +142,51 @@ def test_two_worker_processes_train_the_same_segmentation_run(
     assert double.final["val_mIoU"] == pytest.approx(single.final["val_mIoU"], abs=0.5)
 
 
-def test_the_heads_train_at_the_top_rate_without_decay_on_1d_parameters() -> None:
-    from internimage.train.tasks import create_task
+@pytest.mark.parametrize(
+    "strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)]
+)
+def test_torchrun_trains_and_evaluates_segmentation_like_one_process(
+    scenes_root: Path, tmp_path: Path, strategy: str
+) -> None:
+    """Two gloo ranks with 8 images each follow the one-process losses, and their validation
+    (4 scenes per rank, confusion matrices summed) equals a one-process evaluation of the saved
+    weights."""
+    settings = TINY + FIXED + [f"data.root={scenes_root}", f"output_dir={tmp_path}"]
+    single = Trainer(apply_overrides(PRESETS["fashion-mnist-scenes"],
+                                     settings + ["name=one"])).fit()
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+        f"--master_port={free_port()}", "-m", "internimage.cli.main", "train",
+        "--preset", "fashion-mnist-scenes", *set_args(settings + [f"strategy={strategy}"]),
+        "--batch-size", "8", "--name", strategy,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            stdin=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout
+    run = tmp_path / strategy
 
+    one, two = step_losses(single.run_dir), step_losses(run)
+    assert len(one) == len(two) == 3
+    # Summation order only (gradients all-reduced, batch-norm sums per rank then across):
+    # rounding-sized; a wrong shard or per-rank batch norm moves the losses by 1e-2 or more.
+    torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=1e-4, atol=1e-5)
+    state = load_training_checkpoint(run / "last.pt")
+    assert state["global_step"] == 3
+    assert state["model"].keys() == load_training_checkpoint(single.last_checkpoint)["model"].keys()
+
+    evaluated = _cli("eval", "--checkpoint", str(run / "last.pt"), "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads(evaluated.stdout)
+    assert metrics["images"] == 8
+    recorded = state["metrics"]
+    # The same weights on the same 8 scenes: equal up to the odd pixel whose arg-max flips
+    # with the thread count (one of 32768 pixels moves a class IoU by about 0.01).
+    for key in ("mIoU", "aAcc", "mAcc"):
+        assert recorded[f"val_{key}"] == pytest.approx(metrics[key], abs=0.02), key
+
+
+def test_the_heads_train_at_the_top_rate_without_decay_on_1d_parameters() -> None:
     config = apply_overrides(PRESETS["fashion-mnist-scenes"],
                              TINY + ["optim.layer_decay=0.5", "optim.weight_decay=0.05"])
     task = create_task(config)
@@ -176,7 +220,7 @@ def test_a_mask_value_outside_the_classes_is_one_line(tmp_path: Path) -> None:
             Image.fromarray(mask).save(root / "masks" / split / f"{i}.png")
     (root / "classes.txt").write_text("background\nthing\n")
     result = subprocess.run(
-        [*COMMAND, "train", "--preset", "fashion-mnist-scenes", *_set(TINY), "--data",
+        [*COMMAND, "train", "--preset", "fashion-mnist-scenes", *set_args(TINY), "--data",
          "segmentation-folder", "--data-root", str(root), "--batch-size", "2",
          "--output-dir", str(tmp_path / "runs"), "--name", "bad"],
         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
@@ -185,3 +229,46 @@ def test_a_mask_value_outside_the_classes_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("internimage: error")]
     assert len(lines) == 1 and "7" in lines[0] and "1.png" in lines[0], result.stderr
+
+
+def test_a_segmentation_run_starts_from_a_classifier_backbone(tmp_path: Path) -> None:
+    import internimage
+
+    classifier = internimage.create_model("internimage_atto", num_classes=10,
+                                          depths=(1, 1, 1, 1))
+    with torch.no_grad():
+        for p in classifier.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    path = tmp_path / "classifier.pt"
+    torch.save({"model": classifier.state_dict()}, path)
+    config = apply_overrides(PRESETS["fashion-mnist-scenes"], TINY + [f"model.finetune={path}"])
+    task = create_task(config)
+    task.classes = tuple(f"c{i}" for i in range(11))
+    backbone = task.build_model().backbone.model.state_dict()
+    source = classifier.state_dict()
+    assert all(torch.equal(value, source[key]) for key, value in backbone.items())
+    with pytest.raises(ConfigError, match="set one"):
+        apply_overrides(config, ["model.pretrained=true"])
+
+
+def test_a_fine_tuned_run_resumes_without_its_starting_checkpoint(
+    scenes_root: Path, tmp_path: Path
+) -> None:
+    import internimage
+
+    classifier = internimage.create_model("internimage_atto", num_classes=10,
+                                          depths=(1, 1, 1, 1))
+    start = tmp_path / "classifier.pt"
+    torch.save({"model": classifier.state_dict()}, start)
+    config = apply_overrides(PRESETS["fashion-mnist-scenes"], TINY + [
+        f"model.finetune={start}", f"data.root={scenes_root}", f"output_dir={tmp_path}",
+        "name=ft", "schedule.epochs=1", "checkpoint_every=1",
+    ])
+    first = Trainer(config).fit()
+    start.unlink()  # its weights are in the run's checkpoint now
+    resumed = Trainer(resume=first.run_dir, config_overrides={"schedule": {"epochs": 2}}).fit()
+    assert load_training_checkpoint(resumed.last_checkpoint)["epoch"] == 2
+    # Inference does not need it either.
+    from internimage.segmentation import load_segmenter
+
+    assert load_segmenter(checkpoint=resumed.best_checkpoint).classes[0] == "background"

@@ -1,4 +1,5 @@
-"""``internimage eval``: top-1/top-5 accuracy of a classifier, mIoU of a segmentation model."""
+"""``internimage eval``: top-1/top-5 accuracy of a classifier, mIoU of a segmentation model, COCO
+box and mask AP of a detector."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from internimage.cli.arguments import non_negative_int, positive_floats, positive_int
-from internimage.train.config import CLASSIFICATION_DATASETS, SEGMENTATION_DATASETS
+from internimage.train.config import (
+    CLASSIFICATION_DATASETS,
+    DETECTION_DATASETS,
+    SEGMENTATION_DATASETS,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -17,15 +22,17 @@ def add_parser(subparsers: Any) -> None:
     """Register ``eval``."""
     parser = subparsers.add_parser(
         "eval",
-        help="measure top-1/top-5 accuracy or mIoU",
+        help="measure top-1/top-5 accuracy, mIoU or COCO AP",
         description=(
-            "Evaluate a classifier or a segmentation model. A training checkpoint brings its "
-            "model, classes, preprocessing and dataset; released weights (--pretrained) and "
-            "plain weight files need --data and --data-root (for classifiers: class "
-            "sub-folders in label order, e.g. the ImageNet validation set arranged by synset; "
-            "for the released ADE20K models: --data ade20k --data-root DIR). Segmentation "
-            "follows mmseg's test procedure: short side resized to the training crop, whole "
-            "image or sliding window, optionally several scales and flips."
+            "Evaluate a classifier, a segmentation model or a detector. A training checkpoint "
+            "brings its model, classes, preprocessing and dataset; released weights "
+            "(--pretrained) and plain weight files need --data and --data-root (for "
+            "classifiers: class sub-folders in label order, e.g. the ImageNet validation set "
+            "arranged by synset; for the released ADE20K models: --data ade20k --data-root DIR; "
+            "for the released COCO models: --data coco --data-root DIR with val2017/ and "
+            "annotations/). Segmentation follows mmseg's test procedure: short side resized to "
+            "the training crop, whole image or sliding window, optionally several scales and "
+            "flips. Detection reports pycocotools' box and mask AP."
         ),
     )
     source = parser.add_mutually_exclusive_group(required=True)
@@ -33,7 +40,8 @@ def add_parser(subparsers: Any) -> None:
     source.add_argument("--pretrained", metavar="MODEL", help="released weights of MODEL")
     parser.add_argument("--model", help="model name of a plain weights file")
     parser.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
-    parser.add_argument("--data", choices=list(CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS),
+    parser.add_argument("--data", choices=list(dict.fromkeys(
+        CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS + DETECTION_DATASETS)),
                         help="dataset (default: the checkpoint's)")
     parser.add_argument("--data-root", help="dataset folder (for 'folder': the class folders)")
     parser.add_argument("--image-size", type=positive_int,
@@ -57,6 +65,11 @@ def add_parser(subparsers: Any) -> None:
                                    "0.5,0.75,1,1.25,1.5,1.75 (default: 1)")
     segmentation.add_argument("--flip", action="store_true",
                               help="also predict the mirrored images and average")
+    detection = parser.add_argument_group("detection")
+    detection.add_argument("--output", type=Path, metavar="FILE",
+                           help="also write the detections in COCO's results format (JSON)")
+    detection.add_argument("--overwrite", action="store_true",
+                           help="replace an existing --output file")
     parser.set_defaults(func=run)
 
 
@@ -72,14 +85,18 @@ def _progress_bar(total: int) -> Any | None:
     return tqdm(total=total, unit="img", desc="evaluating", mininterval=1.0)
 
 
-def is_segmentation_source(checkpoint: Path | None, pretrained: str | None) -> bool:
-    """Whether ``--checkpoint``/``--pretrained`` name a segmentation model."""
+def source_task(checkpoint: Path | None, pretrained: str | None) -> str:
+    """The task of the model that ``--checkpoint``/``--pretrained`` name: ``classification``,
+    ``segmentation`` or ``detection``."""
     if pretrained is not None:
-        return pretrained.startswith("upernet_")
+        if pretrained.startswith("upernet_"):
+            return "segmentation"
+        return "detection" if pretrained.startswith("mask_rcnn_") else "classification"
     from internimage.models.checkpoint import read_checkpoint
 
     assert checkpoint is not None
-    return read_checkpoint(checkpoint).get("task") == "segmentation"
+    task = read_checkpoint(checkpoint).get("task")
+    return task if task in ("segmentation", "detection") else "classification"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,11 +117,18 @@ def run(args: argparse.Namespace) -> int:
     from internimage.train.inference import load_classifier
 
     device = resolve_device(args.device, 0)
-    # A --model names the variant of plain classifier weights: never a segmentation model.
-    if args.model is None and is_segmentation_source(args.checkpoint, args.pretrained):
+    # A --model names the variant of plain classifier weights: never a dense model.
+    task = "classification" if args.model is not None else source_task(args.checkpoint,
+                                                                         args.pretrained)
+    if task == "segmentation":
         return _run_segmentation(args, device)
-    if args.data in SEGMENTATION_DATASETS:
-        raise UsageError(f"--data {args.data} is a segmentation dataset; this is a classifier")
+    if task == "detection":
+        return _run_detection(args, device)
+    if args.output is not None:
+        raise UsageError("--output writes detections; this is a classifier")
+    if args.data is not None and args.data not in CLASSIFICATION_DATASETS:
+        raise UsageError(f"--data {args.data} is not a classification dataset; this is a "
+                         "classifier")
     loaded = load_classifier(
         checkpoint=args.checkpoint, pretrained=args.pretrained, model_name=args.model,
         use_ema=args.ema, device=device, image_size=args.image_size,
@@ -162,32 +186,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_segmentation(args: argparse.Namespace, device: Any) -> int:
-    """Evaluate a segmentation checkpoint or released model; prints mIoU, mAcc and aAcc."""
+def _validation_set(args: argparse.Namespace, config: Any, preset: str) -> tuple[Any, Any]:
+    """The task and validation set of a dense model: its checkpoint's data (``config``), with
+    ``--data``/``--data-root`` on top; for released weights (``config`` None) the data named
+    by those flags, read with ``preset``'s settings."""
     import dataclasses
-    import json
-
-    from torch.utils.data import Subset
 
     from internimage.errors import UsageError
-    from internimage.segmentation.evaluate import evaluate_segmenter, inference_settings
-    from internimage.segmentation.loading import load_segmenter
-    from internimage.train.config import PRESETS, TrainConfig
+    from internimage.train.config import PRESETS
     from internimage.train.tasks import create_task
 
-    if args.data is not None and args.data not in SEGMENTATION_DATASETS:
-        raise UsageError(f"--data {args.data} is a classification dataset; this is a "
-                         f"segmentation model ({', '.join(SEGMENTATION_DATASETS)})")
-    if args.model is not None or args.image_size is not None:
-        raise UsageError("--model and --image-size are for classifiers; a segmentation "
-                         "checkpoint brings its model and crop size")
-    loaded = load_segmenter(checkpoint=args.checkpoint, pretrained=args.pretrained,
-                            use_ema=args.ema, device=device)
-    config = loaded.config if isinstance(loaded.config, TrainConfig) else None
     if config is None:
         if args.data is None or args.data_root is None:
-            raise UsageError("say which data to evaluate on, e.g. --data ade20k --data-root DIR")
-        config = PRESETS["ade20k"]
+            example = PRESETS[preset].data.dataset
+            raise UsageError(f"say which data to evaluate on, e.g. --data {example} "
+                             "--data-root DIR")
+        config = PRESETS[preset]
     data = config.data
     if args.data is not None:
         data = dataclasses.replace(data, dataset=args.data, root=args.data_root)
@@ -195,7 +209,30 @@ def _run_segmentation(args: argparse.Namespace, device: Any) -> int:
         data = dataclasses.replace(data, root=args.data_root)
     task = create_task(dataclasses.replace(config, data=dataclasses.replace(
         data, train_limit=None, val_limit=None)))
-    _, dataset = task.build_datasets()
+    return task, task.build_validation_set()
+
+
+def _run_segmentation(args: argparse.Namespace, device: Any) -> int:
+    """Evaluate a segmentation checkpoint or released model; prints mIoU, mAcc and aAcc."""
+    import json
+
+    from torch.utils.data import Subset
+
+    from internimage.errors import UsageError
+    from internimage.segmentation.evaluate import evaluate_segmenter, inference_settings
+    from internimage.segmentation.loading import load_segmenter
+
+    if args.data is not None and args.data not in SEGMENTATION_DATASETS:
+        raise UsageError(f"--data {args.data} is not a segmentation dataset; this is a "
+                         f"segmentation model ({', '.join(SEGMENTATION_DATASETS)})")
+    if args.output is not None:
+        raise UsageError("--output writes detections; this is a segmentation model")
+    if args.model is not None or args.image_size is not None:
+        raise UsageError("--model and --image-size are for classifiers; a segmentation "
+                         "checkpoint brings its model and crop size")
+    loaded = load_segmenter(checkpoint=args.checkpoint, pretrained=args.pretrained,
+                            use_ema=args.ema, device=device)
+    task, dataset = _validation_set(args, loaded.config, "ade20k")
     if len(task.classes) != len(loaded.classes):
         raise UsageError(
             f"the data has {len(task.classes)} classes, the model {len(loaded.classes)}"
@@ -214,4 +251,60 @@ def _run_segmentation(args: argparse.Namespace, device: Any) -> int:
     else:
         print(f"mIoU {metrics['mIoU']:.2f}%  mAcc {metrics['mAcc']:.2f}%  "
               f"aAcc {metrics['aAcc']:.2f}%  ({metrics['images']} images)")
+    return 0
+
+
+def _run_detection(args: argparse.Namespace, device: Any) -> int:
+    """Evaluate a detection checkpoint or released model; prints COCO box and mask AP."""
+    import json
+
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    from internimage.detection.data import collate_detection
+    from internimage.detection.loading import load_detector
+    from internimage.detection.task import detect, evaluate_coco
+    from internimage.errors import RunExistsError, UsageError
+    from internimage.files import atomic_write_text
+
+    if args.data is not None and args.data not in DETECTION_DATASETS:
+        raise UsageError(f"--data {args.data} is not a detection dataset; this is a detector "
+                         f"({', '.join(DETECTION_DATASETS)})")
+    if args.image_size is not None:
+        raise UsageError("--image-size is for classifiers; a detector brings its image sizes")
+    if args.output is not None and args.output.exists() and not args.overwrite:
+        raise RunExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    loaded = load_detector(checkpoint=args.checkpoint, pretrained=args.pretrained,
+                           use_ema=args.ema, device=device)
+    task, dataset = _validation_set(args, loaded.config, "coco-1x")
+    if tuple(task.category_ids) != loaded.category_ids:  # type: ignore[attr-defined]
+        raise UsageError(
+            f"the data's categories {list(task.category_ids)} are not the model's "  # type: ignore
+            f"{list(loaded.category_ids)}"
+        )
+    ground_truth = dataset.coco  # type: ignore[attr-defined]
+    if args.limit is not None:
+        dataset = Subset(dataset, range(min(args.limit, len(dataset))))
+    loader = DataLoader(dataset, batch_size=min(args.batch_size, 8), shuffle=False,
+                        num_workers=args.workers, collate_fn=collate_detection)
+    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    progress = _progress_bar(len(dataset))
+    try:
+        image_ids, results = detect(loaded.model, loader, device, amp_dtype,
+                                    loaded.category_ids, progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
+    metrics: dict[str, Any] = evaluate_coco(ground_truth, results, image_ids)
+    metrics["images"] = len(image_ids)
+    metrics["detections"] = len(results)
+    if args.output is not None:
+        atomic_write_text(args.output, json.dumps(results) + "\n")
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"box AP {metrics['bbox_AP']:.2f} (AP50 {metrics['bbox_AP50']:.2f}, AP75 "
+              f"{metrics['bbox_AP75']:.2f})  mask AP {metrics['segm_AP']:.2f} (AP50 "
+              f"{metrics['segm_AP50']:.2f}, AP75 {metrics['segm_AP75']:.2f})  "
+              f"({metrics['images']} images)")
     return 0

@@ -1,4 +1,5 @@
-"""``internimage predict``: the most likely classes of image files, or their segmentation."""
+"""``internimage predict``: the most likely classes of image files, their segmentation, or the
+objects detected in them."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ def add_parser(subparsers: Any) -> None:
     """Register ``predict``."""
     parser = subparsers.add_parser(
         "predict",
-        help="classify or segment image files",
+        help="classify, segment or detect objects in image files",
         description=(
             "A classifier prints the top-k classes and probabilities of each image. A "
             "segmentation model (a segmentation checkpoint or a released upernet_* model) "
             "writes OUTPUT_DIR/<image name>.png per image: the classes over the image beside "
-            "it, with a legend; --json prints each class's share of the pixels."
+            "it, with a legend; --json prints each class's share of the pixels. A detector (a "
+            "detection checkpoint or a released mask_rcnn_* model) writes OUTPUT_DIR/<image "
+            "name>.png with the objects' masks, boxes, classes and scores; --json prints the "
+            "detections in COCO's results format (image_id: the image's position, from 1)."
         ),
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
@@ -34,7 +38,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    segmentation = parser.add_argument_group("segmentation")
+    segmentation = parser.add_argument_group("segmentation and detection")
     segmentation.add_argument("--output-dir", type=Path, default=Path("predictions"),
                               help="folder of the drawn predictions (default: %(default)s)")
     segmentation.add_argument("--overwrite", action="store_true",
@@ -46,7 +50,21 @@ def add_parser(subparsers: Any) -> None:
                               metavar="R,R,...", help="test scales (default: 1)")
     segmentation.add_argument("--flip", action="store_true",
                               help="also predict the mirrored images and average")
+    detection = parser.add_argument_group("detection")
+    detection.add_argument("--score-threshold", type=_probability, default=0.5,
+                           help="draw and list detections scoring at least this (default: "
+                                "%(default)s)")
     parser.set_defaults(func=run)
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,11 +86,15 @@ def run(args: argparse.Namespace) -> int:
     from internimage.train.inference import load_classifier
 
     device = resolve_device(args.device, 0)
-    from internimage.cli.evaluate import is_segmentation_source
+    from internimage.cli.evaluate import source_task
 
-    # A --model names the variant of plain classifier weights: never a segmentation model.
-    if args.model is None and is_segmentation_source(args.checkpoint, args.pretrained):
+    # A --model names the variant of plain classifier weights: never a dense model.
+    task = "classification" if args.model is not None else source_task(args.checkpoint,
+                                                                         args.pretrained)
+    if task == "segmentation":
         return _run_segmentation(args, device)
+    if task == "detection":
+        return _run_detection(args, device)
     loaded = load_classifier(
         checkpoint=args.checkpoint, pretrained=args.pretrained, model_name=args.model,
         use_ema=args.ema, device=device,
@@ -121,9 +143,9 @@ def _run_segmentation(args: argparse.Namespace, device: Any) -> int:
     import json
     import sys
 
-    from internimage.errors import DataError, RunExistsError, UsageError
-    from internimage.segmentation.data import read_image
-    from internimage.segmentation.draw import class_shares, save_prediction
+    from internimage.data.images import read_image
+    from internimage.draw import class_shares, save_prediction
+    from internimage.errors import DataError, UsageError
     from internimage.segmentation.evaluate import inference_settings
     from internimage.segmentation.inference import predict_mask
     from internimage.segmentation.loading import load_segmenter
@@ -133,17 +155,7 @@ def _run_segmentation(args: argparse.Namespace, device: Any) -> int:
     loaded = load_segmenter(checkpoint=args.checkpoint, pretrained=args.pretrained,
                             use_ema=args.ema, device=device)
     settings = inference_settings(loaded, mode=args.mode, ratios=args.scales, flip=args.flip)
-    outputs = [args.output_dir / f"{path.stem}.png" for path in args.images]
-    if len(set(outputs)) < len(outputs):
-        raise UsageError("two images share a file name; their drawings would overwrite each "
-                         "other (predict them in separate calls)")
-    existing = [str(path) for path in outputs if path.exists()]
-    if existing and not args.overwrite:
-        raise RunExistsError(
-            f"{existing[0]} exists" + (f" (and {len(existing) - 1} more)" if len(existing) > 1
-                                       else "")
-            + "; choose another --output-dir or pass --overwrite"
-        )
+    outputs = _drawing_paths(args)
     results: list[dict[str, Any]] = []
     status = 0
     for path, output in zip(args.images, outputs, strict=True):
@@ -170,4 +182,74 @@ def _run_segmentation(args: argparse.Namespace, device: Any) -> int:
             print(f"{path}: {output} ({top})")
     if args.json:
         print(json.dumps(results, indent=2))
+    return status
+
+
+def _drawing_paths(args: argparse.Namespace) -> list[Path]:
+    """``OUTPUT_DIR/<image stem>.png`` per image; refused when two collide or (without
+    ``--overwrite``) when one exists."""
+    from internimage.errors import RunExistsError, UsageError
+
+    outputs = [args.output_dir / f"{path.stem}.png" for path in args.images]
+    if len(set(outputs)) < len(outputs):
+        raise UsageError("two images share a file name; their drawings would overwrite each "
+                         "other (predict them in separate calls)")
+    existing = [str(path) for path in outputs if path.exists()]
+    if existing and not args.overwrite:
+        raise RunExistsError(
+            f"{existing[0]} exists" + (f" (and {len(existing) - 1} more)" if len(existing) > 1
+                                       else "")
+            + "; choose another --output-dir or pass --overwrite"
+        )
+    return outputs
+
+
+def _run_detection(args: argparse.Namespace, device: Any) -> int:
+    """Detect objects in each image and draw them; returns 1 when an image could not be read."""
+    import json
+    import sys
+
+    import torch
+
+    from internimage.data.images import read_image
+    from internimage.detection.loading import load_detector
+    from internimage.detection.task import coco_results
+    from internimage.draw import save_detections
+    from internimage.errors import DataError, UsageError
+
+    if args.model is not None:
+        raise UsageError("--model is for plain classifier weights")
+    loaded = load_detector(checkpoint=args.checkpoint, pretrained=args.pretrained,
+                           use_ema=args.ema, device=device)
+    outputs = _drawing_paths(args)
+    entries: list[dict[str, Any]] = []
+    status = 0
+    for number, (path, output) in enumerate(zip(args.images, outputs, strict=True), start=1):
+        try:
+            pixels = read_image(path)  # [H, W, 3] uint8
+        except DataError as error:  # the message names the file
+            print(f"internimage: error: {error}", file=sys.stderr)
+            entries.append({"image": str(path), "error": str(error)})
+            status = 1
+            continue
+        image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).to(device).float() / 255
+        with torch.no_grad():
+            (found,) = loaded.model([image])
+        keep = found["scores"] >= args.score_threshold
+        found = {k: v[keep].cpu() for k, v in found.items()}
+        save_detections(output, pixels, found["boxes"].numpy(), found["labels"].numpy(),
+                        found["scores"].numpy(), loaded.classes,
+                        masks=(found["masks"][:, 0] > 0.5).numpy())
+        detections = coco_results([found], [number], loaded.category_ids)
+        for detection, label in zip(detections, found["labels"].tolist(), strict=True):
+            detection["class"] = loaded.classes[label - 1]
+        entries.append({"image": str(path), "image_id": number, "output": str(output),
+                        "detections": detections})
+        if not args.json:
+            listed = ", ".join(f"{d['class']} {d['score']:.2f}" for d in detections[:5])
+            more = f" and {len(detections) - 5} more" if len(detections) > 5 else ""
+            print(f"{path}: {output} ({len(detections)} objects"
+                  + (f": {listed}{more}" if detections else "") + ")")
+    if args.json:
+        print(json.dumps(entries, indent=2))
     return status

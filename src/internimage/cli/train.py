@@ -43,15 +43,22 @@ _FLAG_KEYS: dict[str, str] = {
 
 def add_parser(subparsers: Any) -> None:
     """Register ``train``."""
-    from internimage.train.config import CLASSIFICATION_DATASETS, PRESETS, SEGMENTATION_DATASETS
+    from internimage.train.config import (
+        CLASSIFICATION_DATASETS,
+        DETECTION_DATASETS,
+        PRESETS,
+        SEGMENTATION_DATASETS,
+    )
 
     parser = subparsers.add_parser(
         "train",
-        help="train a classifier or a segmentation model (no arguments: the Fashion-MNIST "
-             "quick job)",
+        help="train a classifier, a segmentation model or a detector (no arguments: the "
+             "Fashion-MNIST quick job)",
         description=(
-            "Train InternImage: a classifier, or UperNet for semantic segmentation (--preset "
-            "fashion-mnist-scenes, --preset ade20k). Without arguments it trains a small "
+            "Train InternImage: a classifier, UperNet for semantic segmentation (--preset "
+            "fashion-mnist-scenes, --preset ade20k) or Mask R-CNN for detection and instance "
+            "segmentation (--preset fashion-mnist-scenes-detection, --preset coco-1x, --preset "
+            "coco-3x). Without arguments it trains a small "
             "classifier on the bundled Fashion-MNIST subset. Settings come from --preset (or "
             "--config FILE), then "
             "--set section.key=value overrides, then the explicit flags below. On a CPU, "
@@ -77,14 +84,16 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config as JSON and exit")
     group = parser.add_argument_group("common settings (shortcuts for --set)")
-    group.add_argument("--task", choices=["classification", "segmentation"])
+    group.add_argument("--task", choices=["classification", "segmentation", "detection"])
     group.add_argument("--model", help="model name, e.g. internimage_t")
     group.add_argument("--pretrained", action="store_const", const="true",
                        help="start from the released weights")
-    group.add_argument("--finetune", help="checkpoint to fine-tune from (new head)")
+    group.add_argument("--finetune", help="checkpoint to start from (a classifier gets a new head; "
+                       "segmentation and detection take its backbone)")
     group.add_argument("--drop-path-rate", dest="drop_path_rate")
     group.add_argument("--grad-checkpointing", action="store_const", const="true")
-    group.add_argument("--data", choices=list(CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS))
+    group.add_argument("--data", choices=list(dict.fromkeys(
+        CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS + DETECTION_DATASETS)))
     group.add_argument("--data-root", help="dataset folder")
     group.add_argument("--image-size", dest="image_size")
     group.add_argument("--workers", help="DataLoader workers per process")
@@ -192,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
                 f"  validation {label}: {final.get(f'val_{main}', nan):.2f}% "
                 f"(best {result.best_metric:.2f}%)"
             )
+        if "val_segm_AP" in final:
+            lines.append(f"  validation mask AP: {final['val_segm_AP']:.2f}%")
         if f"ema_{main}" in final:
             lines.append(f"  EMA {label}: {final[f'ema_{main}']:.2f}%")
         lines += [
@@ -206,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 # How the summary names a task's main metric.
-_METRIC_LABELS = {"top1": "top-1 accuracy", "mIoU": "mIoU"}
+_METRIC_LABELS = {"top1": "top-1 accuracy", "mIoU": "mIoU", "bbox_AP": "box AP"}
 
 
 class Interrupted(KeyboardInterrupt):

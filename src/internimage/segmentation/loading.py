@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +10,6 @@ from torch import nn
 
 from internimage.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from internimage.errors import UsageError
-from internimage.models.checkpoint import read_checkpoint
 from internimage.segmentation.data import ADE20K_CLASSES
 
 __all__ = ["LoadedSegmenter", "load_segmenter"]
@@ -61,9 +59,7 @@ def load_segmenter(
         UsageError: Both or neither source, a classification checkpoint, missing EMA weights.
     """
     from internimage.segmentation.pretrained import ADE20K_MODELS, create_segmentation_model
-    from internimage.train.checkpoint import CHECKPOINT_FORMAT
-    from internimage.train.config import config_from_dict
-    from internimage.train.tasks import create_task
+    from internimage.train.tasks import load_task_checkpoint
 
     if (checkpoint is None) == (pretrained is None):
         raise UsageError("give exactly one of a checkpoint or a pretrained model name")
@@ -81,23 +77,7 @@ def load_segmenter(
             model=model.to(device).eval(), classes=ADE20K_CLASSES, mean=IMAGENET_MEAN,
             std=IMAGENET_STD, crop_size=ADE20K_MODELS[pretrained].crop_size,
         )
-    path = Path(checkpoint)
-    payload = read_checkpoint(path)
-    if payload.get("format") != CHECKPOINT_FORMAT or payload.get("task") != "segmentation":
-        raise UsageError(f"{path} is not a segmentation training checkpoint of this library")
-    if use_ema:
-        if payload.get("ema") is None:
-            raise UsageError(f"{path} holds no EMA weights (trained with ema_decay=none)")
-        weights = payload["ema"]["module"]
-    else:
-        weights = payload["model"]
-    config = config_from_dict(payload["config"])
-    # The checkpoint holds every weight: nothing to fetch for the backbone.
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, pretrained=False))
-    task = create_task(config)
-    task.classes = tuple(payload["classes"])
-    model = task.build_model()
-    model.load_state_dict(weights, strict=True)
+    task, model, payload = load_task_checkpoint(checkpoint, "segmentation", use_ema=use_ema)
     return LoadedSegmenter(
         model=model.to(device).eval(),
         classes=task.classes,
@@ -106,5 +86,5 @@ def load_segmenter(
         crop_size=int(payload["image_size"]),
         ignore_index=int(payload["ignore_index"]),
         reduce_zero_label=bool(payload["reduce_zero_label"]),
-        config=config,
+        config=task.config,
     )

@@ -5,17 +5,15 @@ Importing this module registers the task (``TrainConfig.task = "segmentation"``)
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
-from internimage.data.scenes import write_scenes_ade
+from internimage.data.scenes import default_scenes_root, write_scenes_ade
 from internimage.data.transforms import normalize
 from internimage.errors import ConfigError
 from internimage.models.hf import InternImageHFConfig
@@ -28,26 +26,19 @@ from internimage.segmentation.data import (
 )
 from internimage.segmentation.metrics import SegmentationEvaluator
 from internimage.segmentation.upernet import upernet_config
+from internimage.train.distributed import on_rank_zero_first
 from internimage.train.evaluate import autocast_context
-from internimage.train.tasks import TASKS, Autocast, Batch, Task
+from internimage.train.tasks import (
+    TASKS,
+    Autocast,
+    Batch,
+    Task,
+    groups_with_heads,
+    limit_sets,
+    prepare_backbone,
+)
 
-__all__ = ["SegmentationTask", "default_scenes_root"]
-
-
-def default_scenes_root() -> Path:
-    """Where ``fashion-mnist-scenes`` is generated without ``data.root``:
-    ``$INTERNIMAGE_CACHE/fashion-mnist-scenes`` or ``~/.cache/internimage/fashion-mnist-scenes``."""
-    cache = os.environ.get("INTERNIMAGE_CACHE") or Path.home() / ".cache" / "internimage"
-    return Path(cache) / "fashion-mnist-scenes"
-
-
-def _on_rank_zero_first(action: Any) -> None:
-    """Run ``action()`` on rank 0 while the other processes wait (one writer for shared files)."""
-    distributed = dist.is_available() and dist.is_initialized()
-    if not distributed or dist.get_rank() == 0:
-        action()
-    if distributed:
-        dist.barrier()
+__all__ = ["SegmentationTask"]
 
 
 class SegmentationTask(Task):
@@ -63,9 +54,9 @@ class SegmentationTask(Task):
         data, seg = self.config.data, self.config.segmentation
         if data.dataset == "fashion-mnist-scenes":
             root = Path(data.root) if data.root is not None else default_scenes_root()
-            _on_rank_zero_first(lambda: write_scenes_ade(
-                root, train_count=seg.scenes_train, val_count=seg.scenes_val,
-                seed=seg.scenes_seed, size=seg.scene_size,
+            on_rank_zero_first(lambda: write_scenes_ade(
+                root, train_count=data.scenes_train, val_count=data.scenes_val,
+                seed=data.scenes_seed, size=data.scene_size,
             ))
             # The scenes' 0 is the background class, not ADE20K's "unlabelled".
             train_set: Dataset = ADE20KDataset(root, "training", reduce_zero_label=False)
@@ -85,11 +76,7 @@ class SegmentationTask(Task):
                 for split in (data.train_split, data.val_split)
             )
         self.classes = tuple(train_set.classes)  # type: ignore[attr-defined]
-        if data.train_limit is not None:
-            train_set = Subset(train_set, range(min(data.train_limit, len(train_set))))
-        if data.val_limit is not None:
-            val_set = Subset(val_set, range(min(data.val_limit, len(val_set))))
-        return train_set, val_set
+        return limit_sets(data, train_set, val_set)
 
     def _root(self) -> Path:
         if self.config.data.root is None:
@@ -105,11 +92,6 @@ class SegmentationTask(Task):
         from transformers import UperNetForSemanticSegmentation
 
         settings, seg = self.config.model, self.config.segmentation
-        if settings.finetune is not None:
-            raise ConfigError(
-                "model.finetune loads classifiers; for a segmentation model start from the "
-                "released backbone (model.pretrained=true) or resume a run"
-            )
         backbone = InternImageHFConfig.from_variant(
             settings.name, drop_path_rate=settings.drop_path_rate,
             **{k: list(v) if isinstance(v, tuple) else v
@@ -121,17 +103,7 @@ class SegmentationTask(Task):
             ignore_index=seg.ignore_index,
         )
         model = UperNetForSemanticSegmentation(config)
-        features = model.backbone.model
-        if settings.pretrained:
-            import internimage
-
-            # The released classifier's stem and stages; its head has no place here.
-            classifier = internimage.create_model(settings.name, pretrained=True, num_classes=0)
-            wanted = features.state_dict()
-            state = {k: v for k, v in classifier.state_dict().items() if k in wanted}
-            internimage.load_checkpoint(features, state)
-        if settings.grad_checkpointing:
-            features.set_grad_checkpointing(True)
+        prepare_backbone(model.backbone.model, settings)
         return model
 
     def setup(self, device: torch.device) -> None:
@@ -143,20 +115,9 @@ class SegmentationTask(Task):
         ).to(device)
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        # The backbone's groups (layer-wise decay as upstream computes it), then the heads at
-        # the top learning rate, without weight decay on their 1-D parameters.
         optim = self.config.optim
-        backbone = model.backbone.model
-        groups = backbone.param_groups(optim.weight_decay, layer_decay=optim.layer_decay)
-        in_backbone = {id(p) for p in backbone.parameters()}
-        decay, no_decay = [], []
-        for name, param in model.named_parameters():
-            if id(param) in in_backbone or not param.requires_grad:
-                continue
-            (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
-        groups.append({"params": decay, "weight_decay": optim.weight_decay, "lr_scale": 1.0})
-        groups.append({"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0})
-        return [group for group in groups if group["params"]]
+        return groups_with_heads(model, model.backbone.model, optim.weight_decay,
+                                 layer_decay=optim.layer_decay)
 
     def _normalized(self, images: torch.Tensor) -> torch.Tensor:
         data = self.config.data

@@ -18,6 +18,7 @@ from internimage.errors import ConfigError, ConfigKeyError, MissingDependencyErr
 __all__ = [
     "PRESETS",
     "DataConfig",
+    "DetectionConfig",
     "ModelConfig",
     "OptimConfig",
     "ScheduleConfig",
@@ -34,11 +35,15 @@ __all__ = [
 #: Datasets of each task.
 CLASSIFICATION_DATASETS = ("fashion-mnist-subset", "fashion-mnist", "folder")
 SEGMENTATION_DATASETS = ("fashion-mnist-scenes", "ade20k", "segmentation-folder")
-_DATASETS = CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS
-_DECAYS = ("cosine", "poly")
+DETECTION_DATASETS = ("fashion-mnist-scenes", "coco")
+_DATASETS = tuple(dict.fromkeys(CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS
+                                 + DETECTION_DATASETS))
+_DECAYS = ("cosine", "poly", "step")
 _AMP = ("auto", "none", "bf16", "fp16")
 _STRATEGIES = ("ddp", "fsdp")
-_TASKS = ("classification", "segmentation")
+_TASKS = ("classification", "segmentation", "detection")
+_TASK_DATASETS = {"classification": CLASSIFICATION_DATASETS,
+                  "segmentation": SEGMENTATION_DATASETS, "detection": DETECTION_DATASETS}
 
 
 @dataclass(frozen=True)
@@ -48,8 +53,11 @@ class ModelConfig:
     Attributes:
         name: Registered model name (``internimage.create_model``).
         pretrained: Start from the released weights of ``name``.
-        finetune: Checkpoint to start from (its classifier head is replaced when the class count
-            differs). Upstream files and this library's checkpoints both work.
+        finetune: Checkpoint to start from. Classification: the whole model (its classifier
+            head is replaced when the class count differs). Dense tasks: its stem and stages,
+            from a classifier or a dense model with the same backbone (see
+            ``internimage.models.checkpoint.load_backbone_weights``). Upstream files and this
+            library's checkpoints both work.
         drop_path_rate: Stochastic depth rate of the last block (linear from 0).
         grad_checkpointing: Recompute activations in the backward pass to save memory.
         channels: Architecture override: first-stage width (None: the variant's).
@@ -73,6 +81,10 @@ class ModelConfig:
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ConfigError(
                 f"model.drop_path_rate must be in [0, 1), got {self.drop_path_rate}"
+            )
+        if self.pretrained and self.finetune is not None:
+            raise ConfigError(
+                "model.pretrained and model.finetune both choose the starting weights; set one"
             )
         from internimage.models import VARIANTS
 
@@ -105,7 +117,10 @@ class DataConfig:
             ``root``, default ``~/.cache/internimage/fashion-mnist-scenes``), ``ade20k``
             (``root/ADEChallengeData2016``) or ``segmentation-folder``
             (``root/images/<split>/``, ``root/masks/<split>/`` paired by file stem, class names
-            in ``root/classes.txt``).
+            in ``root/classes.txt``). Detection: ``fashion-mnist-scenes`` (the same scenes as
+            COCO instances) or ``coco`` (images in ``root/<split>/``, annotations in
+            ``root/annotations/instances_<split>.json``; the COCO presets set the splits to
+            ``train2017`` and ``val2017``).
         root: Dataset folder (see ``dataset``).
         train_split: Training sub-folder of a ``folder`` or ``segmentation-folder`` dataset.
         val_split: Validation sub-folder of a ``folder`` or ``segmentation-folder`` dataset.
@@ -117,6 +132,10 @@ class DataConfig:
         num_workers: DataLoader worker processes per training process.
         train_limit: Use only the first N training images (quick runs); None = all.
         val_limit: Use only the first N validation images; None = all.
+        scenes_train: Training scenes of ``fashion-mnist-scenes``.
+        scenes_val: Validation scenes of ``fashion-mnist-scenes``.
+        scene_size: Side of the generated scenes.
+        scenes_seed: Seed of the generated scenes.
     """
 
     dataset: str = "folder"
@@ -131,6 +150,10 @@ class DataConfig:
     num_workers: int = 4
     train_limit: int | None = None
     val_limit: int | None = None
+    scenes_train: int = 2000
+    scenes_val: int = 200
+    scene_size: int = 128
+    scenes_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.dataset not in _DATASETS:
@@ -150,6 +173,10 @@ class DataConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"data.{name} must be positive or None, got {value}")
+        if self.scenes_train < 1 or self.scenes_val < 1 or self.scene_size < 32:
+            raise ConfigError("data.scenes_train and scenes_val must be >= 1, scene_size >= 32")
+        if self.scenes_seed < 0:
+            raise ConfigError(f"data.scenes_seed must be >= 0, got {self.scenes_seed}")
 
 
 @dataclass(frozen=True)
@@ -167,10 +194,6 @@ class SegmentationConfig:
             times; 1.0 disables the rule).
         hflip: Probability of a horizontal flip.
         photometric: Apply mmseg's photometric distortion to training images.
-        scenes_train: Training scenes of ``fashion-mnist-scenes``.
-        scenes_val: Validation scenes of ``fashion-mnist-scenes``.
-        scene_size: Side of the generated scenes.
-        scenes_seed: Seed of the generated scenes.
     """
 
     head_channels: int = 512
@@ -182,10 +205,6 @@ class SegmentationConfig:
     cat_max_ratio: float = 0.75
     hflip: float = 0.5
     photometric: bool = True
-    scenes_train: int = 2000
-    scenes_val: int = 200
-    scene_size: int = 128
-    scenes_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.head_channels < 1 or self.auxiliary_channels < 1:
@@ -203,9 +222,69 @@ class SegmentationConfig:
             )
         if not 0 <= self.hflip <= 1:
             raise ConfigError(f"segmentation.hflip is a probability, got {self.hflip}")
-        if self.scenes_train < 1 or self.scenes_val < 1 or self.scene_size < 32:
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    """Settings of the detection task (Mask R-CNN widths, image sizes, sampling, augmentation).
+
+    The defaults are upstream's COCO Mask R-CNN; small data wants far narrower heads and fewer
+    proposals (see the ``fashion-mnist-scenes-detection`` preset).
+
+    Attributes:
+        fpn_channels: Width of the FPN (and of the RPN conv and the RoI features).
+        box_fc_channels: Width of the box head's two fully connected layers.
+        mask_convs: 3x3 convolutions of the mask head.
+        mask_channels: Their width.
+        min_sizes: Shorter image side after resizing; training draws one per image (multi-scale),
+            evaluation uses the last.
+        max_size: Upper limit of the longer side.
+        rpn_batch: Anchors sampled per image for the RPN loss.
+        roi_batch: Proposals sampled per image for the box and mask losses.
+        proposals_train: Proposals per image after the RPN's NMS in training.
+        proposals_test: Same at test time.
+        detections_per_image: Detections kept per image.
+        score_threshold: Detections scoring less are dropped.
+        frozen_stages: Backbone stages kept frozen (-1 none, 0 the stem, k the stem and k
+            stages).
+        hflip: Probability of a horizontal flip of a training image.
+        keep_empty: Train on images without annotations too (as negatives).
+    """
+
+    fpn_channels: int = 256
+    box_fc_channels: int = 1024
+    mask_convs: int = 4
+    mask_channels: int = 256
+    min_sizes: tuple[int, ...] = (800,)
+    max_size: int = 1333
+    rpn_batch: int = 256
+    roi_batch: int = 512
+    proposals_train: int = 1000
+    proposals_test: int = 1000
+    detections_per_image: int = 100
+    score_threshold: float = 0.05
+    frozen_stages: int = -1
+    hflip: float = 0.5
+    keep_empty: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("fpn_channels", "box_fc_channels", "mask_convs", "mask_channels",
+                     "rpn_batch", "roi_batch", "proposals_train", "proposals_test",
+                     "detections_per_image"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"detection.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.min_sizes or min(self.min_sizes) < 1 or max(self.min_sizes) > self.max_size:
             raise ConfigError(
-                "segmentation.scenes_train and scenes_val must be >= 1, scene_size >= 32"
+                f"detection.min_sizes must be positive and at most max_size={self.max_size}, "
+                f"got {self.min_sizes}"
+            )
+        if not -1 <= self.frozen_stages <= 4:
+            raise ConfigError(f"detection.frozen_stages must be in -1..4, got {self.frozen_stages}")
+        if not 0 <= self.hflip <= 1:
+            raise ConfigError(f"detection.hflip is a probability, got {self.hflip}")
+        if not 0 <= self.score_threshold <= 1:
+            raise ConfigError(
+                f"detection.score_threshold must be in [0, 1], got {self.score_threshold}"
             )
 
 
@@ -242,7 +321,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Per-step learning-rate schedule: linear warm-up, then cosine or polynomial decay.
+    """Per-step learning-rate schedule: linear warm-up, then cosine, polynomial or step decay.
 
     A run is counted in epochs, or in optimiser steps when ``steps`` is set (ADE20K's 160k
     iterations): then it trains as many epochs as those steps need and stops at the last step.
@@ -252,9 +331,12 @@ class ScheduleConfig:
         warmup_epochs: Linear warm-up length (fractions allowed).
         warmup_lr: Learning rate at step 0, per 512 images (scaled like ``optim.lr``).
         min_lr: Final learning rate, per 512 images (scaled like ``optim.lr``).
-        decay: ``cosine`` (half cosine to ``min_lr``) or ``poly`` (mmseg's polynomial decay,
-            ``(1 - progress) ** power``).
+        decay: ``cosine`` (half cosine to ``min_lr``), ``poly`` (mmseg's polynomial decay,
+            ``(1 - progress) ** power``) or ``step`` (mmdet's: times ``gamma`` at each of
+            ``milestones``).
         power: Power of the polynomial decay.
+        milestones: Epochs after which the step decay applies ``gamma`` (mmdet 1x: 8, 11).
+        gamma: Factor of each step of the step decay.
         steps: Total optimiser steps; None counts in epochs.
         warmup_steps: Warm-up length in optimiser steps (replaces ``warmup_epochs``).
     """
@@ -267,6 +349,8 @@ class ScheduleConfig:
     power: float = 1.0
     steps: int | None = None
     warmup_steps: int | None = None
+    milestones: tuple[float, ...] = ()
+    gamma: float = 0.1
 
     def __post_init__(self) -> None:
         if self.decay not in _DECAYS:
@@ -290,6 +374,13 @@ class ScheduleConfig:
             )
         if self.warmup_lr < 0 or self.min_lr < 0:
             raise ConfigError("schedule.warmup_lr and schedule.min_lr must be >= 0")
+        if self.decay == "step" and not self.milestones:
+            raise ConfigError("schedule.decay='step' needs schedule.milestones (epochs)")
+        if any(m <= 0 for m in self.milestones) or not 0 < self.gamma <= 1:
+            raise ConfigError(
+                f"schedule.milestones must be positive epochs and gamma in (0, 1], got "
+                f"{self.milestones} and {self.gamma}"
+            )
 
 
 @dataclass(frozen=True)
@@ -297,12 +388,13 @@ class TrainConfig:
     """Everything a training run needs; saved as ``config.json`` in the run folder.
 
     Attributes:
-        task: What is trained: ``classification`` or ``segmentation``
+        task: What is trained: ``classification``, ``segmentation`` or ``detection``
             (:mod:`internimage.train.tasks`).
         model: Network choice.
         data: Dataset and input shaping.
         augment: Training augmentation and target mixing (classification).
         segmentation: Head, labels and augmentation of the segmentation task.
+        detection: Heads, sizes, sampling and augmentation of the detection task.
         optim: Optimiser.
         schedule: Learning-rate schedule.
         batch_size: Images per micro-batch of each torchrun process (shared by its local
@@ -334,6 +426,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     batch_size: int = 128
@@ -355,9 +448,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.task not in _TASKS:
             raise ConfigError(f"task must be one of {_TASKS}, got {self.task!r}")
-        datasets = CLASSIFICATION_DATASETS if self.task == "classification" else (
-            SEGMENTATION_DATASETS
-        )
+        datasets = _TASK_DATASETS[self.task]
         if self.data.dataset not in datasets:
             raise ConfigError(
                 f"data.dataset={self.data.dataset!r} is not a {self.task} dataset; choose from "
@@ -439,27 +530,82 @@ PRESETS: dict[str, TrainConfig] = {
         log_every=50,
     ),
     # The demo: UperNet (heads 64/32 wide, far narrower than ADE20K's 512/256, as the model is)
-    # on InternImage-atto widths, trained on Fashion-MNIST scenes (2000 training and 200
-    # validation canvases of 128 px with 11 classes, generated on first use). About 33 images/s
-    # on the 2-core CPU, a minute per epoch. lr 3.2e-2 per 512 images (1e-3 at the batch of
-    # 16): three-epoch trials reached a training loss of 0.90 after two epochs against 1.48
-    # with 1.2e-2.
+    # on the main job's network (atto widths, depths 1-1-3-1), trained on Fashion-MNIST scenes
+    # (2000 training and 200 validation canvases of 128 px with 11 classes, generated on first
+    # use). Like a real dense model it is meant to start from a classifier: set model.finetune
+    # to a `fashion-mnist` run's best.pt (benchmarks/bench_segmentation.py does both). About 32
+    # images/s on the 2-core CPU at batch 8, a minute per epoch. Three-epoch trials from the
+    # classifier: batch 8 at 1e-3 per step (6.4e-2 per 512 images) reached 33.5% mIoU, batch 16
+    # at 1e-3 24.1%; from scratch (depths 2-2-6-2, batch 16) 22.5%.
     "fashion-mnist-scenes": TrainConfig(
         task="segmentation",
-        model=ModelConfig(name="internimage_atto", drop_path_rate=0.0, depths=(2, 2, 6, 2)),
+        model=ModelConfig(name="internimage_atto", drop_path_rate=0.0, depths=(1, 1, 3, 1)),
         data=DataConfig(dataset="fashion-mnist-scenes", image_size=128, num_workers=0),
         segmentation=SegmentationConfig(
             head_channels=64, auxiliary_channels=32, reduce_zero_label=False,
             scale_range=(0.75, 1.5), photometric=False,
         ),
-        optim=OptimConfig(lr=3.2e-2, weight_decay=0.05, clip_grad=5.0),
-        schedule=ScheduleConfig(epochs=45, warmup_epochs=1.0, warmup_lr=1e-5, min_lr=1e-5),
+        optim=OptimConfig(lr=6.4e-2, weight_decay=0.05, clip_grad=5.0),
+        schedule=ScheduleConfig(epochs=42, warmup_epochs=1.0, warmup_lr=1e-5, min_lr=1e-5),
+        batch_size=8,
+        ema_decay=None,
+        processes="auto",
+        log_every=20,
+    ),
+    # Upstream's COCO Mask R-CNN recipe for InternImage-T (set data.root to a COCO folder with
+    # train2017/, val2017/ and annotations/): the dense T backbone (layer scale 1.0, drop path
+    # 0.2) from the released ImageNet weights, AdamW 1e-4 at a total batch of 16 (per 512
+    # images: 1e-4 * 32), weight decay 0.05, 12 epochs with the rate divided by 10 after
+    # epochs 8 and 11, 500 steps of linear warm-up from 0.1% of the peak, images resized to a
+    # shorter side of 800 (longer side at most 1333), flip 0.5, images without annotations
+    # left out of training.
+    "coco-1x": TrainConfig(
+        task="detection",
+        model=ModelConfig(name="internimage_t", pretrained=True, drop_path_rate=0.2,
+                          layer_scale=1.0),
+        data=DataConfig(dataset="coco", train_split="train2017", val_split="val2017",
+                        num_workers=4),
+        detection=DetectionConfig(),
+        optim=OptimConfig(lr=1e-4 * 32, weight_decay=0.05, clip_grad=None),
+        schedule=ScheduleConfig(epochs=12, warmup_steps=500, warmup_lr=1e-4 * 32 * 1e-3,
+                                decay="step", milestones=(8, 11), warmup_epochs=0.0),
         batch_size=16,
+        ema_decay=None,
+        log_every=50,
+    ),
+    # The detection demo: Mask R-CNN on the main job's network (atto widths, depths 1-1-3-1) on
+    # the Fashion-MNIST scenes written as COCO instances (128 px, 2 to 5 items each). The heads
+    # are sized to the data, as measured on the 2-core CPU (a training step of batch 8 took
+    # 1.9 s with COCO's heads and 512 sampled RoIs per image, 0.58 s with these): FPN 64
+    # channels, box FCs 256, mask convs 64, 64 sampled RoIs, 256 proposals in training and
+    # 100 at test time. The learning rate and length are provisional: like the segmentation
+    # demo it is meant to start from a `fashion-mnist` classifier (model.finetune).
+    "fashion-mnist-scenes-detection": TrainConfig(
+        task="detection",
+        model=ModelConfig(name="internimage_atto", drop_path_rate=0.0, depths=(1, 1, 3, 1)),
+        data=DataConfig(dataset="fashion-mnist-scenes", num_workers=0),
+        detection=DetectionConfig(
+            fpn_channels=64, box_fc_channels=256, mask_convs=4, mask_channels=64,
+            min_sizes=(128,), max_size=128, rpn_batch=128, roi_batch=64, proposals_train=256,
+            proposals_test=100, detections_per_image=50, keep_empty=True,
+        ),
+        optim=OptimConfig(lr=6.4e-2, weight_decay=0.05, clip_grad=5.0),
+        schedule=ScheduleConfig(epochs=24, warmup_epochs=1.0, warmup_lr=1e-5, min_lr=1e-5),
+        batch_size=8,
         ema_decay=None,
         processes="auto",
         log_every=20,
     ),
 }
+
+# The 3x recipe: 36 epochs (steps after 27 and 33) with multi-scale training. Upstream's 3x
+# configs draw DETR-style random resize-and-crop policies; here the shorter side is drawn from
+# 480..800 in steps of 32 (no crop), the usual multi-scale approximation.
+PRESETS["coco-3x"] = dataclasses.replace(
+    PRESETS["coco-1x"],
+    detection=DetectionConfig(min_sizes=tuple(range(480, 801, 32))),
+    schedule=dataclasses.replace(PRESETS["coco-1x"].schedule, epochs=36, milestones=(27, 33)),
+)
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -9,6 +9,8 @@ loop never asks which task it runs.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -16,14 +18,14 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from internimage.data.augment import MixupCutmix, TrainAugmentation, soft_target_cross_entropy
 from internimage.data.datasets import ImageFolderDataset, collate_skipping_unreadable
 from internimage.data.fashion_mnist import FASHION_MNIST_CLASSES, fashion_mnist_dataset
 from internimage.data.transforms import ResizeCenterCrop, normalize, to_float_images
 from internimage.errors import CheckpointFileError, ConfigError, MissingDependencyError
-from internimage.train.config import DataConfig, TrainConfig
+from internimage.train.config import DataConfig, ModelConfig, TrainConfig
 from internimage.train.evaluate import evaluate
 
 __all__ = [
@@ -33,6 +35,11 @@ __all__ = [
     "build_datasets",
     "create_classifier",
     "create_task",
+    "groups_with_heads",
+    "limit_sets",
+    "load_task_checkpoint",
+    "prepare_backbone",
+    "without_starting_weights",
 ]
 
 #: ``(images, targets)`` as the task's collate function makes them.
@@ -67,6 +74,11 @@ class Task:
     def build_datasets(self) -> tuple[Dataset, Dataset]:
         """Training and validation sets; sets :attr:`classes`."""
         raise NotImplementedError
+
+    def build_validation_set(self) -> Dataset:
+        """Only the validation set, for evaluation (sets :attr:`classes`); tasks whose training
+        set is costly to open override this."""
+        return self.build_datasets()[1]
 
     def collate(self, batch: list[Any]) -> Batch:
         """The DataLoader's ``collate_fn``: items to one ``(images, targets)`` batch (items of
@@ -111,6 +123,103 @@ class Task:
     def checkpoint_metadata(self) -> dict[str, Any]:
         """What inference needs besides the weights (classes, preprocessing)."""
         raise NotImplementedError
+
+
+def without_starting_weights(config: TrainConfig) -> TrainConfig:
+    """``config`` with neither ``model.pretrained`` nor ``model.finetune``: for building a model
+    whose every weight comes from a checkpoint next (resuming, inference), so that the starting
+    weights are neither fetched nor needed any more."""
+    return dataclasses.replace(
+        config, model=dataclasses.replace(config.model, pretrained=False, finetune=None)
+    )
+
+
+def prepare_backbone(features: nn.Module, settings: ModelConfig) -> None:
+    """Give a dense model's backbone (``InternImageFeatures``) its starting weights
+    (``model.pretrained``: the released classifier's stem and stages; ``model.finetune``: those
+    of a checkpoint, see ``load_backbone_weights``) and gradient checkpointing."""
+    from internimage.models.checkpoint import load_backbone_weights
+    from internimage.models.pretrained import resolve_pretrained
+
+    if settings.pretrained:
+        load_backbone_weights(features, resolve_pretrained(settings.name, True))
+    elif settings.finetune is not None:
+        load_backbone_weights(features, settings.finetune)
+    if settings.grad_checkpointing:
+        features.set_grad_checkpointing(True)
+
+
+def limit_sets(data: DataConfig, train_set: Dataset, val_set: Dataset) -> tuple[Dataset, Dataset]:
+    """The first ``data.train_limit`` / ``data.val_limit`` items of the sets (all when None)."""
+    if data.train_limit is not None:
+        train_set = Subset(train_set, range(min(data.train_limit, len(train_set))))
+    if data.val_limit is not None:
+        val_set = Subset(val_set, range(min(data.val_limit, len(val_set))))
+    return train_set, val_set
+
+
+def load_task_checkpoint(
+    path: str | Path, task_name: str, *, use_ema: bool = False
+) -> tuple[Task, nn.Module, dict[str, Any]]:
+    """The task and model of one of this library's training checkpoints, for inference.
+
+    The model gets the checkpoint's weights (strictly), is left on the CPU in training mode,
+    and is built without its starting weights (they are in the checkpoint).
+
+    Args:
+        path: The ``last.pt``/``best.pt`` file.
+        task_name: The task it must be (``"segmentation"``, ``"detection"``).
+        use_ema: Take the EMA weights.
+
+    Returns:
+        ``(task, model, payload)``; ``task.classes`` is set, ``payload`` is the whole file.
+
+    Raises:
+        UsageError: Not a checkpoint of that task, or no EMA weights in it.
+    """
+    from internimage.errors import UsageError
+    from internimage.models.checkpoint import read_checkpoint
+    from internimage.train.checkpoint import CHECKPOINT_FORMAT
+    from internimage.train.config import config_from_dict
+
+    path = Path(path)
+    payload = dict(read_checkpoint(path))
+    if payload.get("format") != CHECKPOINT_FORMAT or payload.get("task") != task_name:
+        raise UsageError(f"{path} is not a {task_name} training checkpoint of this library")
+    if use_ema:
+        if payload.get("ema") is None:
+            raise UsageError(f"{path} holds no EMA weights (trained with ema_decay=none)")
+        weights = payload["ema"]["module"]
+    else:
+        weights = payload["model"]
+    task = create_task(without_starting_weights(config_from_dict(payload["config"])))
+    task.classes = tuple(payload["classes"])
+    model = task.build_model()
+    model.load_state_dict(weights, strict=True)
+    return task, model, payload
+
+
+def groups_with_heads(
+    model: nn.Module,
+    backbone: nn.Module,
+    weight_decay: float,
+    *,
+    layer_decay: float | None = None,
+) -> list[dict[str, Any]]:
+    """Optimiser groups of a dense model: the backbone's own (``backbone.param_groups``, with
+    layer-wise decay as upstream computes it), then every other parameter of ``model`` (necks,
+    heads) at the top learning rate, without weight decay on 1-D parameters and biases. Frozen
+    parameters are left out; empty groups are dropped."""
+    groups = backbone.param_groups(weight_decay, layer_decay=layer_decay)
+    in_backbone = {id(p) for p in backbone.parameters()}
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if id(param) in in_backbone or not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
+    groups.append({"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0})
+    groups.append({"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0})
+    return [group for group in groups if group["params"]]
 
 
 # ------------------------------------------------------------------------------ classification
@@ -257,15 +366,19 @@ def create_task(config: TrainConfig) -> Task:
     Raises:
         ConfigError: Unknown task (or its extra is not installed).
     """
-    if config.task not in TASKS and config.task == "segmentation":
-        # Registered when its module is imported, which needs the seg extra (transformers).
+    extras = {"segmentation": ("internimage.segmentation.task", "seg", ("transformers",)),
+              "detection": ("internimage.detection.task", "det", ("torchvision", "pycocotools"))}
+    if config.task not in TASKS and config.task in extras:
+        # Registered when its module is imported, which needs the task's extra.
+        module, extra, packages = extras[config.task]
         try:
-            import internimage.segmentation.task  # noqa: F401
+            importlib.import_module(module)
         except ModuleNotFoundError as error:
-            if error.name != "transformers":
+            if error.name is None or error.name.split(".")[0] not in packages:
                 raise
             raise MissingDependencyError(
-                "task 'segmentation' needs transformers: pip install internimage[seg]"
+                f"task {config.task!r} needs {' and '.join(packages)}: "
+                f"pip install internimage[{extra}]"
             ) from error
     if config.task not in TASKS:
         raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {config.task!r}")

@@ -54,7 +54,7 @@ from internimage.train.launch import (
 )
 from internimage.train.metrics import MetricLog, plot_curves
 from internimage.train.schedule import WarmupCosineSchedule, scaled_lr
-from internimage.train.tasks import Task, create_task
+from internimage.train.tasks import Task, create_task, without_starting_weights
 
 __all__ = ["RUN_FILES", "RunResult", "Trainer", "claim_run_dir", "resolve_amp"]
 
@@ -385,7 +385,11 @@ class Trainer:
             remove_stale_temporaries(run_dir)
         # Same seed everywhere for the weights; DDP/FSDP also broadcast rank 0's.
         torch.manual_seed(cfg.seed)
-        self.task: Task = create_task(cfg)
+        # A resumed run's weights all come from its checkpoint: its starting weights (released
+        # or fine-tuning ones) are not loaded again, and need not exist any more.
+        self.task: Task = create_task(
+            without_starting_weights(cfg) if self.resume_state is not None else cfg
+        )
         train_set, val_set = self.task.build_datasets()
         self.classes = self.task.classes
         net = self.task.build_model().to(device)
@@ -443,6 +447,8 @@ class Trainer:
             total_steps=total_steps,
             decay=cfg.schedule.decay,
             power=cfg.schedule.power,
+            milestones=[int(round(m * steps_per_epoch)) for m in cfg.schedule.milestones],
+            gamma=cfg.schedule.gamma,
         )
         self.task.setup(device)
 
