@@ -32,11 +32,21 @@ def library_versions(*packages: str) -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
+    from importlib import metadata
+
     for name in packages:
         try:
-            versions[name] = importlib.import_module(name).__version__
+            module = importlib.import_module(name)
         except ImportError:
-            pass
+            continue
+        # Some packages (pycocotools) carry no __version__; their distribution does.
+        version = getattr(module, "__version__", None)
+        if version is None:
+            try:
+                version = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                version = "unknown"
+        versions[name] = str(version)
     return versions
 
 
