@@ -196,3 +196,26 @@ def test_collate_pads_and_the_flip_keeps_boxes_on_their_masks() -> None:
     assert images.shape == (2, 3, H, W)
     assert torch.equal(images[1, :, :8, :10], small) and images[1, :, 8:].eq(0).all()
     assert [t["size"].tolist() for t in targets] == [[H, W], [8, 10]]
+
+
+def test_the_detectors_resize_moves_boxes_and_masks_with_the_image() -> None:
+    from internimage.detection import DetectorHeads, DetectorSettings, build_mask_rcnn
+    from internimage.models import create_model
+
+    backbone = create_model("internimage_atto", num_classes=0, depths=(1, 1, 1, 1))
+    model = build_mask_rcnn(backbone, num_classes=2, heads=DetectorHeads(fpn_channels=16),
+                            settings=DetectorSettings(min_size=96, max_size=200))
+    masks = torch.from_numpy(np.stack([_square(2, 3, 6), _square(9, 12, 4)])).to(torch.uint8)
+    target = {"boxes": torch.tensor([[3.0, 2, 9, 8], [12, 9, 16, 13]]),
+              "labels": torch.tensor([1, 2]), "masks": masks}
+    image = torch.rand(3, H, W)
+    model.train()
+    batch, (resized,) = model.transform([image], [target])
+    scale = 96 / H  # the shorter side (16) becomes 96; the longer (20) 120 <= 200
+    assert batch.image_sizes == [(96, 120)]
+    torch.testing.assert_close(resized["boxes"], target["boxes"] * scale)
+    for box, mask in zip(resized["boxes"], resized["masks"], strict=True):
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        # Nearest-neighbour masks: their extent equals the scaled box up to a pixel.
+        extent = [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+        assert all(abs(a - b) <= 1 for a, b in zip(extent, box.tolist(), strict=True))
