@@ -590,7 +590,7 @@ PRESETS: dict[str, TrainConfig] = {
             proposals_test=100, detections_per_image=50, keep_empty=True,
         ),
         optim=OptimConfig(lr=6.4e-2, weight_decay=0.05, clip_grad=5.0),
-        schedule=ScheduleConfig(epochs=24, warmup_epochs=1.0, warmup_lr=1e-5, min_lr=1e-5),
+        schedule=ScheduleConfig(epochs=20, warmup_epochs=1.0, warmup_lr=1e-5, min_lr=1e-5),
         batch_size=8,
         ema_decay=None,
         processes="auto",
