@@ -541,3 +541,24 @@ def test_ctrl_c_stops_the_workers_and_exits_130_quietly(tmp_path: Path) -> None:
     while not all(_gone(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert all(_gone(pid) for pid in workers)
+
+
+@pytest.mark.parametrize(
+    ("blocked", "args", "extra"),
+    [
+        ("torchvision", ["eval", "--pretrained", "mask_rcnn_internimage_t_1x_coco", "--data",
+                         "coco", "--data-root", "."], "det"),
+        ("torchvision", ["train", "--preset", "fashion-mnist-scenes-detection"], "det"),
+        ("pycocotools", ["predict", "x.png", "--pretrained", "mask_rcnn_internimage_t_1x_coco"],
+         "det"),
+        ("transformers", ["eval", "--pretrained", "upernet_internimage_t_ade20k", "--data",
+                          "ade20k", "--data-root", "."], "seg"),
+    ],
+)
+def test_a_missing_extra_is_named_in_one_line(blocked: str, args: list[str], extra: str) -> None:
+    # The package is made unimportable in the child, as if it were not installed.
+    code = (f"import sys; sys.modules[{blocked!r}] = None; from internimage.cli.main import "
+            "main; sys.argv = ['internimage', *sys.argv[1:]]; sys.exit(main())")
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                            timeout=120, stdin=subprocess.DEVNULL)
+    assert_user_error(result, 1, f"pip install internimage[{extra}]", blocked)

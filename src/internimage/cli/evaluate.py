@@ -120,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
     # A --model names the variant of plain classifier weights: never a dense model.
     task = "classification" if args.model is not None else source_task(args.checkpoint,
                                                                          args.pretrained)
+    if task != "classification":
+        from internimage.train.tasks import import_task
+
+        import_task(task)  # names the missing extra in one line
     if task == "segmentation":
         return _run_segmentation(args, device)
     if task == "detection":

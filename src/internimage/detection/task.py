@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pycocotools  # noqa: F401 (imported here so that a missing det extra shows at once)
 import torch
 import torch.distributed as dist
 from torch import nn

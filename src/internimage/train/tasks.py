@@ -36,6 +36,7 @@ __all__ = [
     "create_classifier",
     "create_task",
     "groups_with_heads",
+    "import_task",
     "limit_sets",
     "load_task_checkpoint",
     "prepare_backbone",
@@ -360,26 +361,38 @@ class ClassificationTask(Task):
 TASKS: dict[str, type[Task]] = {ClassificationTask.name: ClassificationTask}
 
 
+# Task -> (its module, which registers it; the extra; the packages that extra brings).
+_EXTRAS = {"segmentation": ("internimage.segmentation.task", "seg", ("transformers",)),
+           "detection": ("internimage.detection.task", "det", ("torchvision", "pycocotools"))}
+
+
+def import_task(name: str) -> None:
+    """Import the module of a task that needs an extra (``segmentation``: transformers,
+    ``detection``: torchvision and pycocotools), which registers it in :data:`TASKS`.
+
+    Raises:
+        MissingDependencyError: A package of its extra is not installed (the message says
+            which ``pip install`` brings it).
+    """
+    module, extra, packages = _EXTRAS[name]
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name is None or error.name.split(".")[0] not in packages:
+            raise
+        raise MissingDependencyError(
+            f"task {name!r} needs {' and '.join(packages)}: pip install internimage[{extra}]"
+        ) from error
+
+
 def create_task(config: TrainConfig) -> Task:
     """The task of ``config.task``.
 
     Raises:
         ConfigError: Unknown task (or its extra is not installed).
     """
-    extras = {"segmentation": ("internimage.segmentation.task", "seg", ("transformers",)),
-              "detection": ("internimage.detection.task", "det", ("torchvision", "pycocotools"))}
-    if config.task not in TASKS and config.task in extras:
-        # Registered when its module is imported, which needs the task's extra.
-        module, extra, packages = extras[config.task]
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            if error.name is None or error.name.split(".")[0] not in packages:
-                raise
-            raise MissingDependencyError(
-                f"task {config.task!r} needs {' and '.join(packages)}: "
-                f"pip install internimage[{extra}]"
-            ) from error
+    if config.task not in TASKS and config.task in _EXTRAS:
+        import_task(config.task)
     if config.task not in TASKS:
         raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {config.task!r}")
     return TASKS[config.task](config)
