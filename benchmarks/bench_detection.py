@@ -117,7 +117,9 @@ def main() -> None:
             f"**{mask:.2f}** (AP50 {record['val_segm_AP50']:.2f}); targets {args.box_target:.0f}"
             f" / {args.mask_target:.0f}: {'met' if record['target_met'] else 'NOT met'}",
             backbone_line(record, backbone),
-            f"- training time (both stages): {(backbone_s + result.total_time_s) / 60:.1f} min",
+            f"- training time: {(backbone_s + result.total_time_s) / 60:.1f} min"
+            + (" (both stages)" if "backbone" in record else
+               " (this stage; a backbone given with --backbone is not counted)"),
             "",
             f"![curves]({plot.name})",
             "",

@@ -117,7 +117,8 @@ def main() -> None:
             f"- held-out validation mIoU: **{miou:.2f}%** (mAcc {record['val_mAcc']:.2f}%, "
             f"aAcc {record['val_aAcc']:.2f}%, best epoch {result.best_metric:.2f}%)",
             backbone_line(record, backbone),
-            f"- wall time (both stages): {minutes:.1f} min; target {args.target:.0f}% mIoU within "
+            f"- wall time{' (both stages)' if 'backbone' in record else ''}: {minutes:.1f} min; "
+            f"target {args.target:.0f}% mIoU within "
             f"{args.budget_min:.0f} min: {'met' if record['target_met'] else 'NOT met'}",
             "",
             f"![curves]({plot.name})",

@@ -87,6 +87,10 @@ def test_the_cli_trains_evaluates_draws_and_resumes_a_detector(tmp_path: Path) -
     assert again.returncode == 1 and "--overwrite" in again.stderr
     wrong = _cli("eval", "--checkpoint", str(run / "last.pt"), "--data", "ade20k")
     assert wrong.returncode == 2 and "not a detection dataset" in wrong.stderr
+    same = _cli("eval", "--task", "detection", "--checkpoint", str(run / "last.pt"), "--json")
+    assert same.returncode == 0 and json.loads(same.stdout)["bbox_AP"] == metrics["bbox_AP"]
+    other = _cli("eval", "--task", "segmentation", "--checkpoint", str(run / "last.pt"))
+    assert other.returncode == 2 and "is a detection model" in other.stderr, other.stderr
 
     images = sorted((coco / "val").iterdir())[:2]
     drawn = tmp_path / "drawn"

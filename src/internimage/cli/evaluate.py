@@ -56,6 +56,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
                         help="mixed-precision dtype of the forward pass (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    parser.add_argument("--task", choices=["classification", "segmentation", "detection"],
+                        help="what the model does (default: what the checkpoint or released "
+                             "model is; a different value is refused)")
     segmentation = parser.add_argument_group("segmentation")
     segmentation.add_argument("--mode", choices=["whole", "slide"], default="whole",
                               help="whole-image or sliding-window inference (default: "
@@ -120,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
     # A --model names the variant of plain classifier weights: never a dense model.
     task = "classification" if args.model is not None else source_task(args.checkpoint,
                                                                          args.pretrained)
+    if args.task is not None and args.task != task:
+        raise UsageError(f"--task {args.task}: the model given is a {task} model")
     if task != "classification":
         from internimage.train.tasks import import_task
 

