@@ -275,3 +275,18 @@ def test_backbone_weights_come_from_classifiers_and_dense_models(tmp_path: Path)
                          groups=(3, 6, 12, 24))
     with pytest.raises(CheckpointMismatchError, match=r"wrongly shaped"):
         load_backbone_weights(wider, path)
+
+
+def test_a_features_only_model_takes_a_classifier_without_its_layer_scales(
+    tmp_path: Path,
+) -> None:
+    # Upstream's dense InternImage-T: layer scale 1.0 over the T classifier, which has none.
+    classifier = create_model(NAME, num_classes=10, depths=(1, 1, 1, 1))
+    path = tmp_path / "classifier.pth"
+    torch.save({"model": classifier.state_dict()}, path)
+    features = create_model(NAME, features_only=True, pretrained=path, depths=(1, 1, 1, 1),
+                            layer_scale=1.0)
+    state = features.state_dict()
+    assert torch.equal(state["patch_embed.conv1.weight"],
+                       classifier.state_dict()["patch_embed.conv1.weight"])
+    assert all(v.eq(1.0).all() for k, v in state.items() if k.endswith((".gamma1", ".gamma2")))

@@ -6,15 +6,17 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from internimage.models.checkpoint import extract_state_dict, load_checkpoint, read_checkpoint
+from internimage.models.checkpoint import (
+    extract_state_dict,
+    load_backbone_weights,
+    load_checkpoint,
+    read_checkpoint,
+)
 from internimage.models.config import VARIANTS
 from internimage.models.internimage import InternImage, InternImageFeatures
 from internimage.models.pretrained import PRETRAINED, resolve_pretrained
 
 __all__ = ["create_model", "list_models"]
-
-# Top-level modules of the stem and stages (what a feature extractor keeps).
-_BACKBONE_MODULES = ("patch_embed", "levels")
 
 
 def list_models(pretrained: bool = False) -> list[str]:
@@ -62,14 +64,14 @@ def create_model(
     if pretrained is False or pretrained is None:
         model = InternImage(config, num_classes=num_classes)
         return _finish(InternImageFeatures(model, out_indices) if features_only else model, name)
-    state = extract_state_dict(read_checkpoint(resolve_pretrained(name, pretrained)))
+    path = resolve_pretrained(name, pretrained)
     if features_only:
-        # A classifier checkpoint also feeds a feature extractor: its head is not needed.
-        model = InternImage(config, num_classes=0)
-        features = InternImageFeatures(model, out_indices)
-        backbone = {k: v for k, v in state.items() if k.split(".")[0] in _BACKBONE_MODULES}
-        load_checkpoint(features, backbone)
+        # A classifier checkpoint also feeds a feature extractor: its head is not needed, and
+        # layer scales it lacks (the dense T adds them to the T classifier) keep 1.0.
+        features = InternImageFeatures(InternImage(config, num_classes=0), out_indices)
+        load_backbone_weights(features, path)
         return _finish(features, name)
+    state = extract_state_dict(read_checkpoint(path))
     head = state.get("head.weight")
     model = InternImage(config, num_classes=int(head.shape[0]) if head is not None else 0)
     load_checkpoint(model, state)
