@@ -502,7 +502,8 @@ def write_scenes_coco(
     def write() -> None:
         for split, count in counts.items():
             image_dir = data_dir / folders[split]
-            _prune(split, names[split], image_dir, data_dir / "annotations")
+            _prune(split, names[split], image_dir)
+            (data_dir / "annotations").mkdir(parents=True, exist_ok=True)
             images, annotations = [], []
             for index, scene in enumerate(iter_scenes(split, count, seed=seed, size=size)):
                 file_name = names[split][index]

@@ -118,8 +118,6 @@ def mask_rcnn_from_mmdet_config(
                              (*UPSTREAM_DEFAULTS, *_BACKBONE_IGNORED))
     _expect("backbone", "out_indices", tuple(backbone_args.get("out_indices", (0, 1, 2, 3))),
             (0, 1, 2, 3))
-    frozen = int(backbone_args.pop("frozen_stages", -1)) if "frozen_stages" in backbone_args \
-        else -1
     classifier = InternImage.from_upstream_config({
         **{k: v for k, v in backbone_args.items() if k not in _BACKBONE_IGNORED},
         "num_classes": 0,
@@ -197,8 +195,7 @@ def mask_rcnn_from_mmdet_config(
         mask_convs=int(mask.get("num_convs", 4)),
         mask_channels=int(mask.get("conv_out_channels", 256)),
     )
-    model = build_mask_rcnn(classifier, num_classes=num_classes, heads=heads, settings=settings,
-                            frozen_stages=frozen)
+    model = build_mask_rcnn(classifier, num_classes=num_classes, heads=heads, settings=settings)
     return model, num_classes
 
 

@@ -20,7 +20,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from internimage.data.scenes import COCO_FOLDER, default_scenes_root, write_scenes_coco
-from internimage.detection.data import CocoDetectionDataset, collate_detection, flip_detection
+from internimage.detection.data import (
+    CocoDetectionDataset,
+    DetectionBatch,
+    collate_detection,
+    flip_detection,
+)
 from internimage.detection.model import DetectorHeads, DetectorSettings, build_mask_rcnn
 from internimage.errors import ConfigError, DataError
 from internimage.train.distributed import on_rank_zero_first
@@ -46,8 +51,6 @@ __all__ = [
 
 #: COCOeval's twelve summary numbers, named as the metrics are reported (``bbox_AP``, ...).
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-DetectionBatch = tuple[torch.Tensor, list[dict[str, torch.Tensor]]]
 
 
 def coco_results(
