@@ -33,7 +33,9 @@ from typing import Any
 __all__ = [
     "ALPHA",
     "BETA",
+    "DCN_WEIGHTS",
     "InternImageConfig",
+    "MASK_NORMALIZATIONS",
     "VARIANTS",
     "VariantInfo",
     "scaled_config",
@@ -46,6 +48,9 @@ ALPHA = 1.09
 BETA = 1.36
 
 _DROP_PATH_TYPES = ("linear", "uniform")
+#: Values of the ablation options (the first of each is the DCNv3 of the paper and upstream).
+DCN_WEIGHTS = ("shared", "unshared")
+MASK_NORMALIZATIONS = ("softmax", "sigmoid")
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,17 @@ class InternImageConfig:
         drop_rate: Dropout after the stem and inside the MLPs (training setting).
         drop_path_rate: Largest stochastic-depth rate (training setting).
         drop_path_type: ``"linear"`` (0 up to the rate over all blocks) or ``"uniform"``.
+        dcn_weights: Ablation (paper Sec. 3.1, Fig. 4): ``"shared"`` (DCNv3: one output
+            projection after the points are aggregated) or ``"unshared"`` (DCNv2-style: a
+            ``C x C`` projection per sampling point, ``(P-1)*C*C`` more parameters per block).
+        dcn_groups: Ablation: the DCNv3 group count of every stage (e.g. 1, a single group as in
+            DCNv2); it overrides ``groups`` and must divide every stage's width. ``None``: use
+            ``groups``.
+        mask_normalization: Ablation: modulation scalars normalised by ``"softmax"`` over the
+            points of a group (DCNv3) or by an element-wise ``"sigmoid"`` (DCNv2).
+
+    The three ablation fields are not upstream constructor arguments; at their defaults the
+    network, its state-dict keys and its upstream arguments are those of the release.
     """
 
     channels: int
@@ -93,6 +109,9 @@ class InternImageConfig:
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     drop_path_type: str = "linear"
+    dcn_weights: str = "shared"
+    dcn_groups: int | None = None
+    mask_normalization: str = "softmax"
 
     def __post_init__(self) -> None:
         # Accept lists (e.g. from JSON) but store tuples so that the config stays hashable.
@@ -139,6 +158,22 @@ class InternImageConfig:
             raise ValueError(
                 f"drop_path_type must be one of {_DROP_PATH_TYPES}, got {self.drop_path_type!r}"
             )
+        if self.dcn_weights not in DCN_WEIGHTS:
+            raise ValueError(f"dcn_weights must be one of {DCN_WEIGHTS}, got {self.dcn_weights!r}")
+        if self.mask_normalization not in MASK_NORMALIZATIONS:
+            raise ValueError(
+                f"mask_normalization must be one of {MASK_NORMALIZATIONS}, got "
+                f"{self.mask_normalization!r}"
+            )
+        if self.dcn_groups is not None:
+            g = self.dcn_groups
+            if isinstance(g, bool) or not isinstance(g, int) or g <= 0:
+                raise ValueError(f"dcn_groups must be a positive integer or None, got {g!r}")
+            bad = [c for c in self.stage_channels if c % g]
+            if bad:
+                raise ValueError(
+                    f"dcn_groups={g} must divide every stage's width {self.stage_channels}"
+                )
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -164,6 +199,24 @@ class InternImageConfig:
     def stage_channels(self) -> tuple[int, ...]:
         """Width of each stage: C, 2C, 4C, 8C."""
         return tuple(self.channels * 2**i for i in range(4))
+
+    @property
+    def stage_groups(self) -> tuple[int, ...]:
+        """DCNv3 groups each stage is built with: ``dcn_groups`` everywhere if set, else
+        ``groups``."""
+        if self.dcn_groups is not None:
+            return (self.dcn_groups,) * len(self.groups)
+        return self.groups
+
+    @property
+    def is_ablation(self) -> bool:
+        """Whether an ablation option (``dcn_weights``, ``dcn_groups``, ``mask_normalization``)
+        leaves the paper's DCNv3."""
+        return (
+            self.dcn_weights != DCN_WEIGHTS[0]
+            or self.dcn_groups is not None
+            or self.mask_normalization != MASK_NORMALIZATIONS[0]
+        )
 
 
 def stacking_config(

@@ -13,6 +13,11 @@ classifier's weights are named as upstream names them there (``model.`` prefix, 
 ``layer_scale1``/``layer_scale2``), so those repositories load with
 ``InternImageHFForImageClassification.from_pretrained`` and no remote code.
 
+Three more fields are this library's ablation options (``dcn_weights``, ``dcn_groups``,
+``mask_normalization``, see :class:`~internimage.models.config.InternImageConfig`). They have no
+upstream argument; at their defaults (the paper's DCNv3) they are left out of ``config.json``, so
+such configs save exactly as before and upstream's files, which lack them, load as DCNv3.
+
 Needs the ``seg`` extra (``pip install internimage[seg]``).
 """
 
@@ -37,8 +42,8 @@ from transformers import initialization as hf_init
 from transformers.backbone_utils import BackboneConfigMixin, BackboneMixin
 from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutputWithNoAttention
 
-from internimage.layers.dcnv3 import DCNv3
-from internimage.models.config import VARIANTS
+from internimage.layers.dcnv3 import DCNv3, PointProjection
+from internimage.models.config import DCN_WEIGHTS, MASK_NORMALIZATIONS, VARIANTS
 from internimage.models.internimage import (
     UPSTREAM_DEFAULTS,
     Block,
@@ -48,6 +53,7 @@ from internimage.models.internimage import (
 )
 
 __all__ = [
+    "ABLATION_DEFAULTS",
     "STAGE_NAMES",
     "InternImageHFBackbone",
     "InternImageHFConfig",
@@ -57,6 +63,12 @@ __all__ = [
 
 #: Names of the four stages (strides 4, 8, 16, 32) in ``out_features``.
 STAGE_NAMES = ("stage1", "stage2", "stage3", "stage4")
+#: The config's ablation fields and their defaults (the paper's DCNv3); not upstream arguments.
+ABLATION_DEFAULTS: dict[str, Any] = {
+    "dcn_weights": DCN_WEIGHTS[0],
+    "dcn_groups": None,
+    "mask_normalization": MASK_NORMALIZATIONS[0],
+}
 
 
 @strict
@@ -67,6 +79,12 @@ class InternImageHFConfig(BackboneConfigMixin, PreTrainedConfig):
     InternImage-T's); :meth:`from_variant` fills them from a registered variant. As a backbone
     the model returns the stages in ``out_features``/``out_indices`` (default: all four, which
     UperNet needs).
+
+    Three fields are ablations of DCNv3 with no upstream argument (see
+    :class:`~internimage.models.config.InternImageConfig`): ``dcn_weights`` (``"shared"`` or
+    ``"unshared"``), ``dcn_groups`` (one group count for every stage, overriding ``groups``;
+    ``None``: ``groups``) and ``mask_normalization`` (``"softmax"`` or ``"sigmoid"``). They are
+    serialised only when set away from those defaults.
     """
 
     model_type = "internimage"
@@ -94,6 +112,9 @@ class InternImageHFConfig(BackboneConfigMixin, PreTrainedConfig):
     res_post_norm: bool = False
     center_feature_scale: bool = False
     remove_center: bool = False
+    dcn_weights: str = "shared"
+    dcn_groups: int | None = None
+    mask_normalization: str = "softmax"
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 
@@ -108,7 +129,32 @@ class InternImageHFConfig(BackboneConfigMixin, PreTrainedConfig):
             # the last one.
             out_indices = list(range(len(STAGE_NAMES)))
         self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
+        # The enumerations early, with the valid values; whether dcn_groups divides every
+        # stage's width is checked where the network is built (InternImageConfig).
+        if self.dcn_weights not in DCN_WEIGHTS:
+            raise ValueError(f"dcn_weights must be one of {DCN_WEIGHTS}, got {self.dcn_weights!r}")
+        if self.mask_normalization not in MASK_NORMALIZATIONS:
+            raise ValueError(
+                f"mask_normalization must be one of {MASK_NORMALIZATIONS}, got "
+                f"{self.mask_normalization!r}"
+            )
+        groups = self.dcn_groups
+        if groups is not None and (isinstance(groups, bool) or groups <= 0):
+            raise ValueError(f"dcn_groups must be a positive integer or None, got {groups!r}")
         super().__post_init__(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a dict, without the ablation fields that are at their defaults.
+
+        Every saved form (``config.json``, nested in a UperNet or Mask2Former config, the diff
+        that ``save_pretrained`` writes) goes through here, so a DCNv3 config is written as it
+        was before these fields existed, and as upstream's repositories have it.
+        """
+        output = super().to_dict()
+        for name, default in ABLATION_DEFAULTS.items():
+            if output.get(name, default) == default:
+                output.pop(name, None)
+        return output
 
     @classmethod
     def from_variant(cls, name: str, **fields: Any) -> InternImageHFConfig:
@@ -121,13 +167,49 @@ class InternImageHFConfig(BackboneConfigMixin, PreTrainedConfig):
             raise ValueError(f"unknown model {name!r}; available: {', '.join(VARIANTS)}")
         return cls(**{**upstream_arguments(VARIANTS[name].config), **fields})
 
+    def ablation_options(self) -> dict[str, Any]:
+        """The ablation fields (``dcn_weights``, ``dcn_groups``, ``mask_normalization``)."""
+        return {name: getattr(self, name) for name in ABLATION_DEFAULTS}
+
     def upstream_arguments(self) -> dict[str, Any]:
-        """The upstream ``InternImage`` constructor arguments of this config."""
+        """The upstream ``InternImage`` constructor arguments of this config.
+
+        ``dcn_groups`` becomes ``groups``, as upstream builds that network; the other two
+        ablation options have no upstream equivalent.
+
+        Raises:
+            ValueError: ``dcn_weights="unshared"`` or ``mask_normalization="sigmoid"``.
+        """
+        for name in ("dcn_weights", "mask_normalization"):
+            if getattr(self, name) != ABLATION_DEFAULTS[name]:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} is an ablation with no upstream InternImage "
+                    f"argument; only {name}={ABLATION_DEFAULTS[name]!r} converts"
+                )
+        args = self._upstream_fields()
+        if self.dcn_groups is not None:
+            args["groups"] = (int(self.dcn_groups),) * len(args["groups"])
+        return args
+
+    def _upstream_fields(self) -> dict[str, Any]:
+        """The fields named like upstream constructor arguments, as they are (sequences as
+        tuples), without the ablation options."""
         args = {name: getattr(self, name) for name in UPSTREAM_DEFAULTS}
         for name in ("depths", "groups", "level2_post_norm_block_ids"):
             if args[name] is not None:
                 args[name] = tuple(int(v) for v in args[name])
         return args
+
+    def build_network(self, num_classes: int | None = None) -> InternImage:
+        """This library's InternImage with this config's architecture and ablation options.
+
+        Args:
+            num_classes: Classifier outputs (0: none, the backbone); default ``num_classes``.
+        """
+        args = self._upstream_fields()
+        if num_classes is not None:
+            args["num_classes"] = num_classes
+        return InternImage.from_upstream_config(args, **self.ablation_options())
 
 
 class InternImageHFPreTrainedModel(PreTrainedModel):
@@ -178,6 +260,12 @@ class InternImageHFPreTrainedModel(PreTrainedModel):
                 fan_in = module.weight.shape[1] * module.weight[0, 0].numel()
                 bound = 1.0 / math.sqrt(fan_in) if fan_in else 0.0
                 hf_init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, PointProjection):
+            # The unshared ablation's per-point output projections: each point's matrix as a
+            # C_in -> C_out xavier-uniform linear (PointProjection.reset_parameters), zero bias.
+            bound = math.sqrt(6.0 / (module.in_features + module.out_features))
+            hf_init.uniform_(module.weight, -bound, bound)
+            hf_init.zeros_(module.bias)
         elif isinstance(module, DCNv3) and module.center_feature_scale:
             hf_init.zeros_(module.center_feature_scale_proj_weight)
             hf_init.zeros_(module.center_feature_scale_proj_bias)
@@ -198,9 +286,7 @@ class InternImageHFBackbone(BackboneMixin, InternImageHFPreTrainedModel):
 
     def __init__(self, config: InternImageHFConfig) -> None:
         super().__init__(config)
-        classifier = InternImage.from_upstream_config(
-            {**config.upstream_arguments(), "num_classes": 0}
-        )
+        classifier = config.build_network(num_classes=0)
         self.model = InternImageFeatures(classifier, out_indices=tuple(config.out_indices))
         self.num_features = [config.channels * 2**i for i in range(len(STAGE_NAMES))]
         self.post_init()
@@ -230,7 +316,7 @@ class InternImageHFForImageClassification(InternImageHFPreTrainedModel):
 
     def __init__(self, config: InternImageHFConfig) -> None:
         super().__init__(config)
-        self.model = InternImage.from_upstream_config(config.upstream_arguments())
+        self.model = config.build_network()
         self.post_init()
 
     def forward(

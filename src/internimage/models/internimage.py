@@ -68,11 +68,25 @@ UPSTREAM_DEFAULTS: dict[str, Any] = {
 
 def upstream_arguments(config: InternImageConfig) -> dict[str, Any]:
     """The architecture of one of this library's model configs as upstream ``InternImage(...)``
-    constructor arguments (the names are the same; sequences as lists, as configs hold them)."""
+    constructor arguments (the names are the same; sequences as lists, as configs hold them).
+
+    The ablation fields are not upstream arguments: ``dcn_groups`` becomes ``groups``; unshared
+    weights and sigmoid normalisation have no upstream equivalent.
+
+    Raises:
+        ValueError: ``config`` uses ``dcn_weights="unshared"`` or ``mask_normalization="sigmoid"``.
+    """
+    for name, paper in (("dcn_weights", "shared"), ("mask_normalization", "softmax")):
+        if getattr(config, name) != paper:
+            raise ValueError(
+                f"{name}={getattr(config, name)!r} is an ablation with no upstream InternImage "
+                f"argument; only {name}={paper!r} converts"
+            )
     fields = {
         name: getattr(config, name) for name in InternImageConfig.field_names()
         if name in UPSTREAM_DEFAULTS
     }
+    fields["groups"] = config.stage_groups
     for name in ("depths", "groups", "level2_post_norm_block_ids"):
         if fields.get(name) is not None:
             fields[name] = list(fields[name])
@@ -131,8 +145,9 @@ class Block(nn.Module):
 
     Args:
         channels: Width C.
-        group: DCNv3 groups.
-        config: Network settings (norm placement, layer scale, DCNv3 options, MLP ratio, dropout).
+        group: DCNv3 groups (the stage's entry of ``config.stage_groups``).
+        config: Network settings (norm placement, layer scale, DCNv3 options and ablations, MLP
+            ratio, dropout).
         drop_path: Stochastic-depth rate of this block.
     """
 
@@ -147,7 +162,8 @@ class Block(nn.Module):
         self.dcn = DCNv3(
             channels, group, kernel_size=3, dw_kernel_size=config.dw_kernel_size,
             offset_scale=config.offset_scale, center_feature_scale=config.center_feature_scale,
-            remove_center=config.remove_center,
+            remove_center=config.remove_center, weight_sharing=config.dcn_weights,
+            mask_normalization=config.mask_normalization,
         )
         self.drop_path = DropPath(drop_path)
         self.norm2 = layer_norm_nhwc(channels)
@@ -263,7 +279,8 @@ class _Backbone(nn.Module):
         rates = drop_path_rates(config)
         levels = []
         start = 0
-        for i, (depth, group) in enumerate(zip(config.depths, config.groups, strict=True)):
+        # stage_groups: dcn_groups, when set, overrides the per-stage groups.
+        for i, (depth, group) in enumerate(zip(config.depths, config.stage_groups, strict=True)):
             ids = config.level2_post_norm_block_ids if config.level2_post_norm and i == 2 else None
             levels.append(
                 Stage(
@@ -451,12 +468,26 @@ class InternImage(_Backbone):
         return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     @classmethod
-    def from_upstream_config(cls, cfg: Mapping[str, Any]) -> InternImage:
+    def from_upstream_config(
+        cls,
+        cfg: Mapping[str, Any],
+        *,
+        dcn_weights: str = "shared",
+        dcn_groups: int | None = None,
+        mask_normalization: str = "softmax",
+    ) -> InternImage:
         """Build from upstream ``InternImage(...)`` constructor arguments.
 
         Absent keys take the upstream defaults (:data:`UPSTREAM_DEFAULTS`); ``with_cp`` turns on
         gradient checkpointing. Only the operators, activation and norm of the release are
         supported (``core_op`` DCNv3/DCNv3_pytorch, ``act_layer`` GELU, ``norm_layer`` LN).
+
+        Args:
+            cfg: The upstream constructor arguments.
+            dcn_weights: Ablation option of :class:`InternImageConfig` (not an upstream
+                argument; the default is upstream's network).
+            dcn_groups: Same.
+            mask_normalization: Same.
 
         Raises:
             ValueError: An unknown key (e.g. a non-constructor entry such as ``input_shape``) or an
@@ -478,7 +509,11 @@ class InternImage(_Backbone):
         with_cp = bool(args.pop("with_cp"))
         for key in ("core_op", "act_layer", "norm_layer"):
             args.pop(key)
-        model = cls(InternImageConfig(**args), num_classes=num_classes)
+        config = InternImageConfig(
+            **args, dcn_weights=dcn_weights, dcn_groups=dcn_groups,
+            mask_normalization=mask_normalization,
+        )
+        model = cls(config, num_classes=num_classes)
         if with_cp:
             model.set_grad_checkpointing(True)
         return model

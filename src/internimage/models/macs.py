@@ -4,8 +4,9 @@ Counted: every Conv2d (``output elements * in_channels/groups * kh * kw``), ever
 (``output elements * in_features``), the attention of the pooling head (q/k/v projections and the
 two attention products) and, for each DCNv3 module, the sampling term ``5 * H * W * P * C``
 (P = 9 sampling points of the 3x3 kernel, or 8 without its centre) plus, with
-center_feature_scale, its ``G x C`` gate projection per pixel. Biases, norms, activations and
-pooling are not counted.
+center_feature_scale, its ``G x C`` gate projection per pixel; with unshared weights (the
+ablation ``dcn_weights="unshared"``) its output projection is ``P`` ``C x C`` matrices per pixel,
+``P*C*C`` MACs instead of ``C*C``. Biases, norms, activations and pooling are not counted.
 
 InternImage models are counted in closed form from their module structure (microseconds, any
 device, meta included); other modules by forward hooks while running on meta tensors.
@@ -20,6 +21,7 @@ from torch import nn
 from torch.func import functional_call
 
 from internimage.layers import CrossAttention, DCNv3
+from internimage.layers.dcnv3 import PointProjection
 from internimage.ops import use_backend
 
 __all__ = ["count_macs", "count_macs_by_hooks"]
@@ -42,10 +44,14 @@ def _attention_macs(
 
 
 def _dcn_sampling_macs(module: DCNv3, pixels: int) -> int:
-    """The sampling term and the centre-feature-scale gate of one DCNv3 call."""
+    """The sampling term, the centre-feature-scale gate and, with unshared weights, the
+    per-point output projection of one DCNv3 call (no nn.Linear there for the counters to see)."""
     macs = 5 * pixels * module.points * module.channels
     if module.center_feature_scale:
         macs += pixels * module.group * module.channels
+    if isinstance(module.output_proj, PointProjection):
+        projection = module.output_proj
+        macs += pixels * projection.points * projection.in_features * projection.out_features
     return macs
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from internimage.ops.geometry import DCNv3Geometry, validate_inputs
 
-__all__ = ["dcnv3_reference", "sampling_coordinates"]
+__all__ = ["dcnv3_point_terms", "dcnv3_reference", "sampling_coordinates"]
 
 
 def sampling_coordinates(
@@ -90,9 +90,24 @@ def dcnv3_reference(
     geometry = DCNv3Geometry(
         kernel_size, stride, pad, dilation, group, float(offset_scale), bool(remove_center)
     )
+    terms, (n, ho, wo) = _weighted_samples(input, offset, mask, geometry)
+    c = input.shape[-1]
+    out = terms.sum(dim=-1)  # [N*G, D, Ho*Wo]
+    out = out.reshape(n, group, c // group, ho, wo).permute(0, 3, 4, 1, 2).reshape(n, ho, wo, c)
+    return out.to(input.dtype)
+
+
+def _weighted_samples(
+    input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, geometry: DCNv3Geometry
+) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """Every point's bilinear sample times its weight, in the compute dtype.
+
+    Returns:
+        ``[N*G, D, Ho*Wo, P]`` terms and ``(N, Ho, Wo)``.
+    """
     ho, wo = validate_inputs(input, offset, mask, geometry)
     n, h, w, c = input.shape
-    g, p = group, geometry.points
+    g, p = geometry.group, geometry.points
     d = c // g
     # Half-precision inputs are computed in float32; float64 stays float64.
     compute = torch.promote_types(input.dtype, torch.float32)
@@ -106,6 +121,29 @@ def dcnv3_reference(
         planes, grid, mode="bilinear", padding_mode="zeros", align_corners=False
     )  # [N*G, D, Ho*Wo, P]
     weights = mask.to(compute).reshape(n, ho * wo, g, p).permute(0, 2, 1, 3)
-    out = (sampled * weights.reshape(n * g, 1, ho * wo, p)).sum(dim=-1)  # [N*G, D, Ho*Wo]
-    out = out.reshape(n, g, d, ho, wo).permute(0, 3, 4, 1, 2).reshape(n, ho, wo, c)
-    return out.to(input.dtype)
+    return sampled * weights.reshape(n * g, 1, ho * wo, p), (n, ho, wo)
+
+
+def dcnv3_point_terms(
+    input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, geometry: DCNv3Geometry
+) -> torch.Tensor:
+    """The terms of :func:`dcnv3_reference` before its sum over the kernel points.
+
+    DCNv2-style layers with a weight per point need them one by one; the numba and Triton
+    kernels sum inside, so this is the only path that gives them (on any device).
+
+    Args:
+        input: ``[N, H, W, G*D]``.
+        offset: ``[N, Ho, Wo, G*P*2]``, (dx, dy) per point.
+        mask: ``[N, Ho, Wo, G*P]``, used as given.
+        geometry: The operator's scalar arguments.
+
+    Returns:
+        ``[N, Ho, Wo, P, G*D]`` in the dtype of ``input``: channel ``g*D + d`` of point ``p`` is
+        ``mask[..., g*P + p]`` times the bilinear sample of ``input[..., g*D + d]`` there.
+    """
+    terms, (n, ho, wo) = _weighted_samples(input, offset, mask, geometry)
+    c, g, p = input.shape[-1], geometry.group, geometry.points
+    # [N*G, D, Ho*Wo, P] -> [N, Ho, Wo, P, G*D]
+    terms = terms.reshape(n, g, c // g, ho, wo, p).permute(0, 3, 4, 5, 1, 2)
+    return terms.reshape(n, ho, wo, p, c).to(input.dtype)

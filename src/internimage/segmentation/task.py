@@ -92,6 +92,8 @@ class SegmentationTask(Task):
         from transformers import UperNetForSemanticSegmentation
 
         settings, seg = self.config.model, self.config.segmentation
+        # The overrides include the ablation options (model.dcn_weights, ...), which the
+        # transformers config carries as fields of their own and builds the backbone with.
         backbone = InternImageHFConfig.from_variant(
             settings.name, drop_path_rate=settings.drop_path_rate,
             **{k: list(v) if isinstance(v, tuple) else v

@@ -65,6 +65,11 @@ class ModelConfig:
         groups: Architecture override: DCNv3 groups per stage (None: the variant's).
         layer_scale: Architecture override: initial layer scale (None: the variant's; the
             dense configs of InternImage-T use 1.0 where its classifier has none).
+        dcn_weights: Ablation: ``shared`` or ``unshared`` DCNv3 output projection (None: the
+            variant's, shared).
+        dcn_groups: Ablation: one DCNv3 group count for every stage (None: ``groups``).
+        mask_normalization: Ablation: ``softmax`` or ``sigmoid`` point weights (None: the
+            variant's, softmax).
     """
 
     name: str = "internimage_t"
@@ -76,6 +81,9 @@ class ModelConfig:
     depths: tuple[int, int, int, int] | None = None
     groups: tuple[int, int, int, int] | None = None
     layer_scale: float | None = None
+    dcn_weights: str | None = None
+    dcn_groups: int | None = None
+    mask_normalization: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.drop_path_rate < 1.0:
@@ -101,8 +109,15 @@ class ModelConfig:
     def architecture_overrides(self) -> dict[str, object]:
         """The set architecture fields, as ``create_model`` keyword arguments."""
         fields = {"channels": self.channels, "depths": self.depths, "groups": self.groups,
-                  "layer_scale": self.layer_scale}
+                  "layer_scale": self.layer_scale, "dcn_weights": self.dcn_weights,
+                  "dcn_groups": self.dcn_groups, "mask_normalization": self.mask_normalization}
         return {k: v for k, v in fields.items() if v is not None}
+
+    def ablations(self) -> list[str]:
+        """Names of the set ablation fields (``dcn_weights``, ``dcn_groups``,
+        ``mask_normalization``)."""
+        return [name for name in ("dcn_weights", "dcn_groups", "mask_normalization")
+                if getattr(self, name) is not None]
 
 
 @dataclass(frozen=True)
