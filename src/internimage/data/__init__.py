@@ -24,6 +24,7 @@ from internimage.data.fashion_mnist import (
 from internimage.data.idx import read_idx, write_idx
 from internimage.data.imagenet import imagenet_classes
 from internimage.data.images import to_rgb8
+from internimage.data.photos import DEMO_PHOTOS, demo_photo, demo_photos_notice
 from internimage.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -33,6 +34,7 @@ from internimage.data.transforms import (
 )
 
 __all__ = [
+    "DEMO_PHOTOS",
     "FASHION_MNIST_CLASSES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -45,6 +47,8 @@ __all__ = [
     "UnreadableImageWarning",
     "bundled_subset_path",
     "collate_skipping_unreadable",
+    "demo_photo",
+    "demo_photos_notice",
     "fashion_mnist_dataset",
     "find_fashion_mnist_root",
     "imagenet_classes",
