@@ -30,6 +30,7 @@ _EXPORTS = {
     "VARIANTS": "internimage.models",
     "count_macs": "internimage.models",
     "create_model": "internimage.models",
+    "export_onnx": "internimage.export",
     "list_models": "internimage.models",
     "load_checkpoint": "internimage.models",
     "scaled_config": "internimage.models",
@@ -46,6 +47,7 @@ __all__ = [
     "VARIANTS",
     "count_macs",
     "create_model",
+    "export_onnx",
     "list_models",
     "load_checkpoint",
     "scaled_config",
@@ -53,6 +55,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from internimage.export import export_onnx
     from internimage.models import (
         PRETRAINED,
         VARIANTS,

@@ -27,7 +27,7 @@ __all__ = ["EXIT_INTERRUPTED", "build_parser", "main"]
 
 # Each module defines ``add_parser(subparsers) -> None`` which registers its sub-command and sets
 # ``func`` (taking the parsed namespace, returning an exit code) as a default.
-_COMMAND_MODULES = ("info", "train", "evaluate", "predict")
+_COMMAND_MODULES = ("info", "train", "evaluate", "predict", "visualize", "bench", "export")
 
 #: Exit status after Ctrl-C (128 + SIGINT, as shells report it).
 EXIT_INTERRUPTED = 130
@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Parser with every available sub-command."""
     parser = _Parser(
         prog="internimage",
-        description="InternImage models: inspect, train, evaluate and predict.",
+        description="InternImage models: inspect, train, evaluate, predict, export to ONNX, draw "
+        "sampling maps and measure throughput.",
     )
     from internimage import __version__
 
