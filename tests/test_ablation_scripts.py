@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from internimage.models import VARIANTS
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation_fig4.py"
+from script_loading import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def fig4() -> ModuleType:
-    """The script loaded as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("ablation_fig4_script", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    # As when it runs as a script, its folder is on the path for its helper module.
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return module
+    """The script loaded as a module."""
+    return load_benchmark("ablation_fig4.py")
 
 
 def _formula(name: str) -> int:

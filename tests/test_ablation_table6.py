@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation_table6.py"
+from script_loading import load_benchmark
+
 # Tiny runs of both tasks: one epoch, a few images, 32 px, one process.
 COMMON = ["--seeds", "0", "--train-limit", "32", "--val-limit", "16", "--set", "processes=1"]
 CLASSIFICATION = ["--epochs", "1", "--image-size", "32", "--cls-set",
@@ -25,18 +24,8 @@ def _segmentation(scenes: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def table6() -> ModuleType:
-    """The script loaded as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("ablation_table6_script", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    # As when it runs as a script, its folder is on the path for its helper module.
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return module
+    """The script loaded as a module."""
+    return load_benchmark("ablation_table6.py")
 
 
 def _table_rows(text: str) -> dict[str, list[str]]:

@@ -19,9 +19,8 @@ pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
 import internimage  # noqa: E402
 from command_line import COMMAND  # noqa: E402
 from internimage.cli.main import main  # noqa: E402
-from internimage.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from internimage.ops import use_backend  # noqa: E402
-from internimage.train.checkpoint import CHECKPOINT_FORMAT  # noqa: E402
+from tiny_checkpoint import save_tiny_classifier  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,20 +28,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn
     """A training checkpoint of a one-block-per-stage atto (3 classes, 32 px), and its model."""
     torch.manual_seed(0)
     model = internimage.create_model("internimage_atto", num_classes=3, depths=(1, 1, 1, 1))
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "task": "classification",
-        "model": model.state_dict(),
-        "ema": None,
-        "config": {"model": {"name": "internimage_atto", "depths": [1, 1, 1, 1]}},
-        "model_name": "internimage_atto",
-        "classes": ["a", "b", "c"],
-        "image_size": 32,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-    }
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save(payload, path)
+    path = save_tiny_classifier(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, image_size=32)
     return path, model.eval()
 
 

@@ -16,9 +16,9 @@ import internimage
 from command_line import COMMAND
 from hub_cache import offline_hub
 from internimage.cli.main import main
-from internimage.data import IMAGENET_MEAN, IMAGENET_STD, demo_photo
+from internimage.data import demo_photo
 from internimage.layers.dcnv3 import DCNv3
-from internimage.train.checkpoint import CHECKPOINT_FORMAT
+from tiny_checkpoint import save_tiny_classifier
 
 
 @pytest.fixture(scope="module")
@@ -31,21 +31,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if isinstance(module, DCNv3):
             torch.nn.init.normal_(module.offset.weight, std=0.2)
             torch.nn.init.normal_(module.mask.weight, std=0.2)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "task": "classification",
-        "model": model.state_dict(),
-        "ema": None,
-        "config": {"model": {"name": "internimage_atto", "depths": [1, 1, 1, 1]}},
-        "model_name": "internimage_atto",
-        "classes": ["a", "b", "c"],
-        "image_size": 64,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-    }
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save(payload, path)
-    return path
+    return save_tiny_classifier(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, image_size=64)
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
