@@ -4,8 +4,6 @@ one-line errors for what a user can get wrong."""
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ pytest.importorskip("onnx", reason="the onnx extra is not installed")
 pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
 
 import internimage  # noqa: E402
-from command_line import COMMAND  # noqa: E402
+from command_line import assert_one_error_line, run_command  # noqa: E402
 from internimage.cli.main import main  # noqa: E402
 from internimage.ops import use_backend  # noqa: E402
 from tiny_checkpoint import save_tiny_classifier  # noqa: E402
@@ -32,28 +30,12 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn
     return path, model.eval()
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """``internimage ARGS`` in a subprocess, as a user runs it."""
-    return subprocess.run(
-        [*COMMAND, *args], capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"), stdin=subprocess.DEVNULL,
-    )
-
-
-def _one_error_line(stderr: str, *fragments: str) -> None:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("internimage: error: ") and "Traceback" not in stderr, stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
-
 def test_export_writes_a_checked_graph_and_refuses_to_overwrite(
     checkpoint, tmp_path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path, model = checkpoint
     out = tmp_path / "deploy" / "tiny.onnx"
-    result = _cli("export", str(path), "-o", str(out))
+    result = run_command("export", str(path), "-o", str(out))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 1, result.stdout
@@ -76,7 +58,7 @@ def test_export_writes_a_checked_graph_and_refuses_to_overwrite(
     assert main(["export", str(path), "-o", str(out)]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
-    _one_error_line(captured.err, f"{out} exists", "--overwrite")
+    assert_one_error_line(captured.err, f"{out} exists", "--overwrite")
     assert out.read_bytes() == before
 
 
@@ -85,8 +67,8 @@ def test_overwrite_replaces_the_graph(checkpoint, tmp_path) -> None:
     path, _ = checkpoint
     out = tmp_path / "tiny.onnx"
     out.write_bytes(b"old")
-    result = _cli("export", str(path), "-o", str(out), "--overwrite", "--static-batch",
-                  "--batch", "2", "--input-size", "64", "32", "--opset", "20")
+    result = run_command("export", str(path), "-o", str(out), "--overwrite", "--static-batch",
+                         "--batch", "2", "--input-size", "64", "32", "--opset", "20")
     assert result.returncode == 0, result.stderr
     assert "ONNX opset 20, input images [2, 3, 64, 32]" in result.stdout
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -114,7 +96,7 @@ def test_one_line_errors(args: list[str], status: int, fragments: list[str], tmp
     assert main(["export", *args, "-o", str(out)]) == status
     captured = capsys.readouterr()
     assert captured.out == ""
-    _one_error_line(captured.err, *fragments)
+    assert_one_error_line(captured.err, *fragments)
     assert not out.exists()
 
 
@@ -123,7 +105,7 @@ def test_a_checkpoint_with_pretrained_is_a_usage_error(checkpoint, tmp_path,
                                                         ) -> None:
     path, _ = checkpoint
     assert main(["export", str(path), "--pretrained", "-o", str(tmp_path / "m.onnx")]) == 2
-    _one_error_line(capsys.readouterr().err, "--pretrained is for model names")
+    assert_one_error_line(capsys.readouterr().err, "--pretrained is for model names")
 
 
 def test_every_option_has_help() -> None:

@@ -3,8 +3,6 @@ errors for what a user can get wrong."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,7 @@ import torch
 from PIL import Image
 
 import internimage
-from command_line import COMMAND
+from command_line import assert_one_error_line, run_command
 from hub_cache import offline_hub
 from internimage.cli.main import main
 from internimage.data import demo_photo
@@ -34,27 +32,11 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_classifier(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, image_size=64)
 
 
-def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """``internimage ARGS`` in a subprocess, as a user runs it."""
-    return subprocess.run(
-        [*COMMAND, *args], capture_output=True, text=True, timeout=300, cwd=cwd,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"), stdin=subprocess.DEVNULL,
-    )
-
-
-def _one_error_line(stderr: str, *fragments: str) -> None:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("internimage: error: ") and "Traceback" not in stderr, stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
-
 def test_visualize_writes_a_png_and_refuses_to_overwrite(checkpoint: Path, tmp_path,
                                                          capsys) -> None:
     out = tmp_path / "map.png"
-    result = _cli("visualize", "demo:chelsea", "--checkpoint", str(checkpoint), "-o", str(out),
-                  "--points", "10,20", "300,200")
+    result = run_command("visualize", "demo:chelsea", "--checkpoint", str(checkpoint),
+                         "-o", str(out), "--points", "10,20", "300,200")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [str(out)]  # one line: where the picture is
     assert result.stderr == ""
@@ -67,7 +49,7 @@ def test_visualize_writes_a_png_and_refuses_to_overwrite(checkpoint: Path, tmp_p
                  str(out)]) == 1
     again = capsys.readouterr()
     assert again.out == ""
-    _one_error_line(again.err, str(out), "exists", "--overwrite")
+    assert_one_error_line(again.err, str(out), "exists", "--overwrite")
     assert out.read_bytes() == first  # untouched
 
 
@@ -100,10 +82,10 @@ def test_visualize_reads_image_files_of_any_mode(checkpoint: Path, tmp_path, cap
 
 def test_a_bad_point_is_a_one_line_usage_error(checkpoint: Path, tmp_path) -> None:
     out = tmp_path / "map.png"
-    result = _cli("visualize", "demo:chelsea", "--checkpoint", str(checkpoint), "-o", str(out),
-                  "--points", "10;20")
+    result = run_command("visualize", "demo:chelsea", "--checkpoint", str(checkpoint),
+                         "-o", str(out), "--points", "10;20")
     assert result.returncode == 2
-    _one_error_line(result.stderr, "--points", "10;20")
+    assert_one_error_line(result.stderr, "--points", "10;20")
     assert not out.exists()
 
 
@@ -121,7 +103,7 @@ def test_user_errors_in_process(checkpoint: Path, tmp_path, monkeypatch, capsys,
     assert main(["visualize", "demo:chelsea", "--checkpoint", str(checkpoint), *args]) == code
     captured = capsys.readouterr()
     assert captured.out == ""
-    _one_error_line(captured.err, *fragments)
+    assert_one_error_line(captured.err, *fragments)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -136,16 +118,16 @@ def test_image_and_model_errors(checkpoint: Path, tmp_path, monkeypatch, capsys)
     for args, code, fragments in cases:
         assert main(["visualize", *args]) == code, args
         captured = capsys.readouterr()
-        _one_error_line(captured.err, *fragments)
+        assert_one_error_line(captured.err, *fragments)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_uncached_released_weights_are_a_one_line_error(tmp_path, monkeypatch) -> None:
     offline_hub(monkeypatch, tmp_path / "hub")
-    result = _cli("visualize", "demo:astronaut", "--model", "internimage_t", "-o",
-                  str(tmp_path / "map.png"))
+    result = run_command("visualize", "demo:astronaut", "--model", "internimage_t", "-o",
+                         str(tmp_path / "map.png"))
     assert result.returncode == 1
-    _one_error_line(result.stderr, "internimage_t_1k_224.pth", "cache")
+    assert_one_error_line(result.stderr, "internimage_t_1k_224.pth", "cache")
     assert not (tmp_path / "map.png").exists()
 
 
