@@ -5,7 +5,7 @@ the query, ``G`` groups of ``P`` sampling points (``P = k*k``, one fewer with ``
 and a weight per point. :func:`sampling_locations` records them for one block per stage (by
 default the last) with forward hooks on the block's ``offset`` and ``mask`` projections, runs the
 operator's own coordinate formula (:func:`internimage.ops.reference.sampling_coordinates`) and
-normalisation (:func:`internimage.layers.dcnv3.softmax_over_points`) on what it recorded, and
+normalisation (:func:`internimage.layers.dcnv3.normalize_point_weights`) on what it recorded, and
 maps the coordinates from feature pixels back to input pixels. :func:`render_sampling_maps` and
 :func:`save_sampling_maps` draw them, one panel per stage, over the image.
 
@@ -31,7 +31,6 @@ the optional extras.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,9 +40,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from internimage.draw import figure_png
 from internimage.errors import MissingDependencyError
 from internimage.files import atomic_write_bytes
-from internimage.layers.dcnv3 import DCNv3, softmax_over_points
+from internimage.layers.dcnv3 import DCNv3, normalize_point_weights
 from internimage.ops.geometry import DCNv3Geometry
 from internimage.ops.reference import sampling_coordinates
 
@@ -62,9 +62,6 @@ __all__ = [
 #: How feature pixels sit on input pixels; see the module docstring.
 Alignment = Literal["cell", "conv"]
 ALIGNMENTS: tuple[str, ...] = ("cell", "conv")
-
-#: Mask normalisations a DCNv3 module may declare in its ``mask_normalization`` attribute.
-_MASK_NORMALIZATIONS = ("softmax", "sigmoid")
 
 
 def stage_stride(stage: int) -> int:
@@ -335,14 +332,10 @@ def _run_stages(model: nn.Module, x: torch.Tensor, last_stage: int) -> None:
 def _normalise_mask(module: nn.Module, logits: torch.Tensor) -> tuple[torch.Tensor, str]:
     """The operator's point weights from the mask projection's logits ``[..., G, P]``."""
     kind = getattr(module, "mask_normalization", "softmax")
-    if kind == "softmax":
-        return softmax_over_points(logits), kind
-    if kind == "sigmoid":
-        return torch.sigmoid(logits), kind
-    raise ValueError(
-        f"unknown mask_normalization {kind!r} on {type(module).__name__}; "
-        f"supported: {', '.join(_MASK_NORMALIZATIONS)}"
-    )
+    try:
+        return normalize_point_weights(logits, kind), kind
+    except ValueError as error:
+        raise ValueError(f"{type(module).__name__}: {error}") from None
 
 
 @torch.no_grad()
@@ -611,9 +604,7 @@ def render_sampling_maps(
         f"mask weight)"
     )
     figure.suptitle(note if title is None else f"{title}\n{note}", fontsize=10)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
+    return figure_png(figure, dpi=dpi)
 
 
 def _draw_panel(

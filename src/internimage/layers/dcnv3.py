@@ -14,7 +14,14 @@ from internimage.ops import dcnv3
 from internimage.ops.geometry import DCNv3Geometry
 from internimage.ops.reference import dcnv3_point_terms
 
-__all__ = ["DCNv3", "MASK_NORMALIZATIONS", "PointProjection", "WEIGHT_SHARING", "point_terms"]
+__all__ = [
+    "DCNv3",
+    "MASK_NORMALIZATIONS",
+    "PointProjection",
+    "WEIGHT_SHARING",
+    "normalize_point_weights",
+    "point_terms",
+]
 
 #: ``weight_sharing`` of :class:`DCNv3`: the paper's shared projection, or one per point (DCNv2).
 WEIGHT_SHARING = ("shared", "unshared")
@@ -65,6 +72,24 @@ def softmax_over_points(logits: torch.Tensor) -> torch.Tensor:
         # forward and faster backward too.
         return _PointSoftmax.apply(logits)
     return F.softmax(logits, dim=-1)
+
+
+def normalize_point_weights(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """The point weights the operator takes, from the mask projection's logits.
+
+    Args:
+        logits: ``[N, H, W, G, P]`` mask logits.
+        kind: One of :data:`MASK_NORMALIZATIONS`: ``"softmax"`` over each group's points (the
+            paper's DCNv3) or ``"sigmoid"`` per point (DCNv2).
+
+    Returns:
+        The weights, same shape and dtype.
+    """
+    if kind == "softmax":
+        return softmax_over_points(logits)
+    if kind == "sigmoid":
+        return torch.sigmoid(logits)
+    raise ValueError(f"mask normalization must be one of {MASK_NORMALIZATIONS}, got {kind!r}")
 
 
 def point_terms(
@@ -237,10 +262,7 @@ class DCNv3(nn.Module):
         x1 = self.dw_conv(inp.permute(0, 3, 1, 2))  # [N, H, W, C]
         offset = self.offset(x1)
         mask = self.mask(x1).reshape(n, h, w, self.group, self.points)
-        if self.mask_normalization == "softmax":
-            mask = softmax_over_points(mask)
-        else:
-            mask = torch.sigmoid(mask)
+        mask = normalize_point_weights(mask, self.mask_normalization)
         mask = mask.reshape(n, h, w, self.group * self.points)
         if self.weight_sharing == "unshared":
             return self._forward_unshared(x, x1, offset, mask)

@@ -30,6 +30,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from internimage.layers.dcnv3 import MASK_NORMALIZATIONS
+from internimage.layers.dcnv3 import WEIGHT_SHARING as DCN_WEIGHTS
+
 __all__ = [
     "ALPHA",
     "BETA",
@@ -38,6 +41,7 @@ __all__ = [
     "MASK_NORMALIZATIONS",
     "VARIANTS",
     "VariantInfo",
+    "check_ablation_options",
     "scaled_config",
     "stacking_config",
 ]
@@ -48,9 +52,24 @@ ALPHA = 1.09
 BETA = 1.36
 
 _DROP_PATH_TYPES = ("linear", "uniform")
-#: Values of the ablation options (the first of each is the DCNv3 of the paper and upstream).
-DCN_WEIGHTS = ("shared", "unshared")
-MASK_NORMALIZATIONS = ("softmax", "sigmoid")
+
+
+def check_ablation_options(
+    dcn_weights: str, mask_normalization: str, dcn_groups: int | None
+) -> None:
+    """Raise ``ValueError`` naming the field for a value the ablation options do not take
+    (:data:`DCN_WEIGHTS`, :data:`MASK_NORMALIZATIONS`; ``dcn_groups`` a positive int or None).
+    The first value of each tuple is the paper's DCNv3."""
+    if dcn_weights not in DCN_WEIGHTS:
+        raise ValueError(f"dcn_weights must be one of {DCN_WEIGHTS}, got {dcn_weights!r}")
+    if mask_normalization not in MASK_NORMALIZATIONS:
+        raise ValueError(
+            f"mask_normalization must be one of {MASK_NORMALIZATIONS}, got {mask_normalization!r}"
+        )
+    if dcn_groups is not None and (
+        isinstance(dcn_groups, bool) or not isinstance(dcn_groups, int) or dcn_groups <= 0
+    ):
+        raise ValueError(f"dcn_groups must be a positive integer or None, got {dcn_groups!r}")
 
 
 @dataclass(frozen=True)
@@ -158,17 +177,9 @@ class InternImageConfig:
             raise ValueError(
                 f"drop_path_type must be one of {_DROP_PATH_TYPES}, got {self.drop_path_type!r}"
             )
-        if self.dcn_weights not in DCN_WEIGHTS:
-            raise ValueError(f"dcn_weights must be one of {DCN_WEIGHTS}, got {self.dcn_weights!r}")
-        if self.mask_normalization not in MASK_NORMALIZATIONS:
-            raise ValueError(
-                f"mask_normalization must be one of {MASK_NORMALIZATIONS}, got "
-                f"{self.mask_normalization!r}"
-            )
+        check_ablation_options(self.dcn_weights, self.mask_normalization, self.dcn_groups)
         if self.dcn_groups is not None:
             g = self.dcn_groups
-            if isinstance(g, bool) or not isinstance(g, int) or g <= 0:
-                raise ValueError(f"dcn_groups must be a positive integer or None, got {g!r}")
             bad = [c for c in self.stage_channels if c % g]
             if bad:
                 raise ValueError(

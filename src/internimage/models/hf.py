@@ -43,7 +43,12 @@ from transformers.backbone_utils import BackboneConfigMixin, BackboneMixin
 from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutputWithNoAttention
 
 from internimage.layers.dcnv3 import DCNv3, PointProjection
-from internimage.models.config import DCN_WEIGHTS, MASK_NORMALIZATIONS, VARIANTS
+from internimage.models.config import (
+    DCN_WEIGHTS,
+    MASK_NORMALIZATIONS,
+    VARIANTS,
+    check_ablation_options,
+)
 from internimage.models.internimage import (
     UPSTREAM_DEFAULTS,
     Block,
@@ -131,16 +136,7 @@ class InternImageHFConfig(BackboneConfigMixin, PreTrainedConfig):
         self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
         # The enumerations early, with the valid values; whether dcn_groups divides every
         # stage's width is checked where the network is built (InternImageConfig).
-        if self.dcn_weights not in DCN_WEIGHTS:
-            raise ValueError(f"dcn_weights must be one of {DCN_WEIGHTS}, got {self.dcn_weights!r}")
-        if self.mask_normalization not in MASK_NORMALIZATIONS:
-            raise ValueError(
-                f"mask_normalization must be one of {MASK_NORMALIZATIONS}, got "
-                f"{self.mask_normalization!r}"
-            )
-        groups = self.dcn_groups
-        if groups is not None and (isinstance(groups, bool) or groups <= 0):
-            raise ValueError(f"dcn_groups must be a positive integer or None, got {groups!r}")
+        check_ablation_options(self.dcn_weights, self.mask_normalization, self.dcn_groups)
         super().__post_init__(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
