@@ -26,7 +26,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,6 @@ PATHS = ("eager", "compile", "onnxruntime")
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 Progress = Callable[[str], None]
-#: Device type whose tensors each kernel family takes (the reference takes any).
-_BACKEND_DEVICE = {"numba": "cpu", "triton": "cuda"}
 
 
 @dataclass(frozen=True)
@@ -134,7 +132,6 @@ class _Timer:
     warmup: int
     repeats: int
     device: torch.device
-    times: list[float] = field(default_factory=list)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -269,7 +266,8 @@ def _torch_runner(
 def _skip_reason(
     path: str, dtype: str, backend: str, device: torch.device, exportable: bool
 ) -> str | None:
-    from internimage.ops import available_backends
+    from internimage.ops import use_backend
+    from internimage.ops.backends import resolve_backend
 
     if path == "onnxruntime" and not exportable:
         return "onnxruntime runs exported models, not the operator alone"
@@ -278,10 +276,12 @@ def _skip_reason(
     if path == "onnxruntime" and device.type != "cpu":
         return "onnxruntime is measured on the CPU"
     if backend != "-":
-        if backend not in available_backends():
-            return f"backend {backend} is not available in this installation"
-        if _BACKEND_DEVICE.get(backend, device.type) != device.type:
-            return f"backend {backend} runs on {_BACKEND_DEVICE[backend]}, not {device.type}"
+        try:
+            # The operator's own rule for which backend runs on which device.
+            with use_backend(backend):
+                resolve_backend(device)
+        except RuntimeError as error:
+            return str(error)
     if dtype == "bfloat16" and not bfloat16_is_native(device):
         return f"bfloat16 is not native on this {device.type} (it would be emulated)"
     return None
@@ -394,13 +394,13 @@ def benchmark_model(
         One :class:`Measurement` per configuration, skipped ones included with their reason.
     """
     from internimage.models import count_macs, create_model
-    from internimage.ops.backends import resolve_backend
+    from internimage.ops.backends import BACKENDS, resolve_backend
 
     device = torch.device(device)
     paths = _check_choices(paths, PATHS, "path")
     dtypes = _check_choices(dtypes, tuple(DTYPES), "dtype")
-    if backends is None:
-        backends = [resolve_backend(device)]
+    backends = ([resolve_backend(device)] if backends is None
+                else _check_choices(backends, BACKENDS, "backend"))
     if not batches or min(batches) < 1:
         raise ConfigError(f"bench: batch sizes must be positive, got {list(batches)}")
     if image_size < 32:
@@ -474,7 +474,7 @@ def benchmark_operator(
     Returns:
         One :class:`Measurement` per configuration (``image_size`` holds S).
     """
-    from internimage.ops.backends import resolve_backend
+    from internimage.ops.backends import BACKENDS, resolve_backend
 
     device = torch.device(device)
     paths = _check_choices(paths, PATHS, "path")
@@ -483,8 +483,8 @@ def benchmark_operator(
         raise ConfigError(f"bench: the operator needs positive sizes and channels divisible by "
                           f"group, got channels={channels}, group={group}, size={size}, "
                           f"batch={batch}")
-    if backends is None:
-        backends = [resolve_backend(device)]
+    backends = ([resolve_backend(device)] if backends is None
+                else _check_choices(backends, BACKENDS, "backend"))
     generator = torch.Generator().manual_seed(0)
     points = 9
     offset = 2 * torch.randn(batch, size, size, group * points * 2, generator=generator)
