@@ -30,7 +30,6 @@ Writes ``ablation_fig4.json``, ``.md`` and ``.png`` under ``--output-dir`` (defa
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import resource
@@ -50,6 +49,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 from bench_common import library_versions, machine_info, write_results
+from internimage.draw import figure_png
 from internimage.files import atomic_write_bytes
 from internimage.models import VARIANTS, count_macs
 from internimage.models.internimage import InternImage
@@ -217,10 +217,7 @@ def plot(params: list[dict[str, Any]], memory: list[dict[str, Any]]) -> bytes:
         )
     fig.suptitle("Shared vs unshared DCNv3 projection weights (paper Fig. 4)")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig, dpi=120)
 
 
 def markdown(record: dict[str, Any]) -> list[str]:

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import os
 import shlex
 import statistics
@@ -60,6 +59,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 from bench_common import library_versions, machine_info, write_results
+from internimage.draw import figure_png
 from internimage.files import atomic_write_bytes
 from internimage.models.checkpoint import read_checkpoint
 from internimage.train import PRESETS, TrainConfig, Trainer, apply_overrides, config_to_dict
@@ -347,10 +347,7 @@ def plot(record: dict[str, Any]) -> bytes:
         axis.set_xlim(0.5, last_epoch + 0.5)
     fig.suptitle("DCNv3 modifications undone (paper Table 6, small scale)")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig, dpi=120)
 
 
 def budget(task: TaskSpec, args: argparse.Namespace) -> dict[str, Any]:

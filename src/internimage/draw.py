@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "class_shares",
+    "figure_png",
     "overlay",
     "palette",
     "render_detections",
@@ -39,6 +41,17 @@ __all__ = [
     "save_detections",
     "save_prediction",
 ]
+
+
+def figure_png(figure: Any, *, dpi: int) -> bytes:
+    """A matplotlib figure as PNG bytes; a pyplot figure is closed afterwards, so that scripts
+    drawing many figures do not keep them all alive."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close(figure)  # a no-op for figures pyplot does not manage
+    return buffer.getvalue()
 
 
 # --- palette ---------------------------------------------------------------------------------

@@ -143,11 +143,7 @@ def plot_curves(
     acc_ax.grid(alpha=0.3)
     acc_ax.legend()
     figure.tight_layout()
-    import io
-
+    from internimage.draw import figure_png
     from internimage.files import atomic_write_bytes
 
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    atomic_write_bytes(Path(path), figure_png(figure, dpi=110))
