@@ -56,18 +56,16 @@ def classifier_accuracy(checkpoint: Path) -> dict[str, Any]:
     import copy
 
     from internimage.data.fashion_mnist import load_bundled_subset
+    from internimage.data.transforms import normalize, to_float_images
     from internimage.train.inference import load_classifier
 
     loaded = load_classifier(checkpoint=checkpoint)
     model = loaded.model
     images, labels = load_bundled_subset("test")
-    size = loaded.image_size
-    x = torch.from_numpy(images).float().div(255).unsqueeze(1).expand(-1, 3, -1, -1)
-    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic",
-                                        align_corners=False)
-    mean = torch.tensor(loaded.mean).view(1, -1, 1, 1)
-    std = torch.tensor(loaded.std).view(1, -1, 1, 1)
-    x = (x - mean) / std
+    # The evaluation preprocessing of training: [N, 1, 28, 28] uint8 -> normalised [N, 3, S, S].
+    x = to_float_images(torch.from_numpy(images).unsqueeze(1), loaded.image_size,
+                        interpolation=loaded.interpolation)
+    x = normalize(x, loaded.mean, loaded.std)
     target = torch.from_numpy(labels).long()
     out: dict[str, Any] = {"checkpoint": str(checkpoint), "images": len(target)}
     predictions = {}
