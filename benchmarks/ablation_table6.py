@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import shlex
 import statistics
 import sys
@@ -51,10 +50,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-
-# Before torch loads: idle OpenMP workers of torch and of the numba kernels must not spin
-# against each other (see internimage/__init__.py).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 

@@ -77,7 +77,7 @@ def machine_info(device: Any) -> dict[str, Any]:
     Args:
         device: The ``torch.device`` the benchmark computes on.
     """
-    import torch  # after the caller has set OMP_WAIT_POLICY
+    import torch
 
     info: dict[str, Any] = {
         "platform": platform.platform(),

@@ -24,16 +24,11 @@ Writes cpu_inference.json and .md under benchmarks/results/ (or --output-dir).
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-
-# Before torch loads: idle OpenMP workers of torch and of the numba kernels must not spin
-# against each other (see internimage/__init__.py).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 

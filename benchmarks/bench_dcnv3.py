@@ -43,10 +43,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-# Before torch loads: idle OpenMP workers of torch and of the numba kernels must not spin
-# against each other (see internimage/__init__.py).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import torch
 
 from bench_common import cpu_model

@@ -26,11 +26,6 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-# Before torch loads: idle OpenMP workers of torch and of the numba kernels must not spin
-# against each other (see internimage/__init__.py).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 from bench_common import library_versions, machine_info
 from internimage.files import atomic_write_bytes, atomic_write_text
 from internimage.train import PRESETS, Trainer, apply_overrides, config_to_dict

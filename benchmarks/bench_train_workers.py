@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import statistics
 import sys
@@ -23,10 +22,6 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-
-# Before torch loads: idle OpenMP workers of torch and of the numba kernels must not spin
-# against each other (see internimage/__init__.py).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 

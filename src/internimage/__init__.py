@@ -7,18 +7,9 @@ stays cheap for tools that only need the version.
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-
-# torch's bundled OpenMP runtime and the one numba's CPU kernels use keep separate worker pools,
-# and by default each pool spins after its parallel work, starving the other when a model
-# alternates between them (measured 2-5x slower for InternImage-T on 2 cores). Passive waiting only
-# takes effect if set before torch loads; a value the user set wins.
-if "torch" not in sys.modules:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Public name -> module that defines it.
 _EXPORTS = {

@@ -60,3 +60,22 @@ def test_numba_pool_is_sized_by_torch_threads_unless_set(
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                             text=True, check=True)
     assert result.stdout.split() == [expected, "1"]
+
+
+@pytest.mark.parametrize("preset", [None, "ACTIVE"])
+def test_numba_pool_starts_with_the_kernels_and_leaves_the_wait_policy_as_found(
+    preset: str | None,
+) -> None:
+    """Loading the kernels starts numba's pool (passive waiting is set only while it starts): the
+    environment afterwards is what it was, so workers started later get their own defaults."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset is not None:
+        env["OMP_WAIT_POLICY"] = preset
+    script = (
+        "import os; import torch; import internimage.ops.cpu_kernels; "
+        "from numba.np.ufunc import parallel; "
+        "print(parallel._is_initialized, os.environ.get('OMP_WAIT_POLICY', 'unset'))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.split() == ["True", preset or "unset"]

@@ -64,7 +64,6 @@ bitwise-identical results. No fast-math flag and no fused multiply-add is used.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -72,7 +71,7 @@ import numpy as np
 import torch
 
 from internimage.ops.geometry import DCNv3Geometry
-from internimage.ops.threads import match_torch_threads, size_numba_pool
+from internimage.ops.threads import match_torch_threads, size_numba_pool, start_numba_pool
 
 size_numba_pool()  # before numba loads: its pool size is read at import
 
@@ -83,9 +82,9 @@ from numba.extending import intrinsic  # noqa: E402
 
 __all__ = ["backward", "forward"]
 
-# numba starts its own OpenMP pool at the first parallel launch, never at import; waiting
-# passively keeps its idle workers from spinning against torch's pool (see internimage/__init__.py).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# numba's pool, started now with passive waiting (see internimage.ops.threads), so that the
+# first launch does not start it with whatever the environment says then.
+start_numba_pool()
 
 # Compiled lazily on first call and cached on disk; never with fastmath=True (that would assume no
 # NaN or inf). ``nogil`` lets other Python threads run while a kernel works.
