@@ -13,6 +13,7 @@ from internimage.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from internimage.errors import ConfigError, DataError
 from internimage.segmentation.inference import (
     SegmentationInference,
+    predict_batch,
     predict_logits,
     predict_mask,
     rescale_size,
@@ -336,3 +337,31 @@ def test_settings_accept_lists_and_stay_hashable() -> None:
 def test_bad_images_raise_data_error(image) -> None:
     with pytest.raises(DataError):
         predict_logits(ConvModel(), image, SegmentationInference(scale=(8, 8)))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        SegmentationInference(scale=(40, 20), size_divisor=8),
+        SegmentationInference(scale=(64, 24), mode="slide", crop_size=(16, 16), stride=(10, 10),
+                              ratios=(0.75, 1.25), flip=True),
+    ],
+    ids=["whole", "slide-multi-scale-flip"],
+)
+def test_batch_prediction_is_each_image_predicted_alone(settings) -> None:
+    images = torch.stack([_image(18, 30, seed) for seed in range(3)])  # [3, 3, 18, 30]
+    model = ConvModel()
+    batched = predict_batch(model, images, settings)
+    assert batched.shape == (3, CLASSES, 18, 30)
+    for index in range(3):
+        alone = predict_logits(model, images[index], settings)
+        torch.testing.assert_close(batched[index], alone, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "images",
+    [torch.zeros(3, 8, 8, dtype=torch.uint8), torch.zeros(2, 1, 8, 8, dtype=torch.uint8)],
+)
+def test_batch_prediction_rejects_anything_but_rgb_batches(images) -> None:
+    with pytest.raises(DataError, match=r"\[B, 3, H, W\]"):
+        predict_batch(ConvModel(), images, SegmentationInference(scale=(8, 8)))

@@ -16,6 +16,7 @@ from internimage.segmentation.data import (
     ADE20KDataset,
     SegmentationFolderDataset,
     collate_padded,
+    collate_segmentation,
 )
 
 CLASSES = ("background", "cat", "dog")
@@ -210,6 +211,17 @@ def test_collate_padded_pads_images_and_masks() -> None:
     assert (masks[1, :, 1:] == -1).all()
     with pytest.raises(ValueError, match="batch item 0"):
         collate_padded([(torch.zeros(3, 2, 2), torch.zeros(3, 2))])
+
+
+def test_collate_segmentation_records_each_size_before_padding() -> None:
+    a = (torch.full((3, 2, 3), 7, dtype=torch.uint8), torch.ones(2, 3, dtype=torch.int64))
+    b = (torch.full((3, 4, 1), 9, dtype=torch.uint8), torch.full((4, 1), 2, dtype=torch.int64))
+    images, masks, sizes = collate_segmentation([a, b], ignore_index=-1)
+    padded_images, padded_masks = collate_padded([a, b], ignore_index=-1)
+    assert torch.equal(images, padded_images) and torch.equal(masks, padded_masks)
+    assert sizes.tolist() == [[2, 3], [4, 1]] and sizes.dtype == torch.int64
+    _, _, empty = collate_segmentation([])
+    assert empty.shape == (0, 2)
 
 
 def _coded_batch(batch: int = 4, size: int = 24) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -184,6 +185,50 @@ def test_torchrun_trains_and_evaluates_segmentation_like_one_process(
     # with the thread count (one of 32768 pixels moves a class IoU by about 0.01).
     for key in ("mIoU", "aAcc", "mAcc"):
         assert recorded[f"val_{key}"] == pytest.approx(metrics[key], abs=0.02), key
+
+
+class _RecordingSegmenter(torch.nn.Module):
+    """A fixed 3x3 conv from pixels to three class logits that records its input shapes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, pixel_values: torch.Tensor) -> SimpleNamespace:
+        self.shapes.append(tuple(pixel_values.shape))
+        return SimpleNamespace(logits=self.conv(pixel_values))
+
+
+def test_validation_predicts_at_the_training_scale_like_internimage_eval() -> None:
+    """Each validation image, padding cut off, is resized to the training crop (short side) as
+    `internimage eval` does, images of one size together; metrics count original pixels."""
+    from internimage.segmentation import SegmentationEvaluator, predict_logits, test_settings
+
+    config = apply_overrides(PRESETS["fashion-mnist-scenes"], TINY + ["data.image_size=32"])
+    task = create_task(config)
+    task.classes = ("a", "b", "c")
+    generator = torch.Generator().manual_seed(1)
+    items = [
+        (torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator),
+         torch.randint(0, 3, (h, w), generator=generator))
+        for h, w in ((16, 16), (16, 24), (16, 16))
+    ]
+    batch = task.collate(items)
+    model = _RecordingSegmenter()
+    metrics = task.evaluate(model, [batch], torch.device("cpu"), None)
+    # The two 16 x 16 images at 32 x 32 together; the 16 x 24 one (not padded to 24 x 24)
+    # at 32 x 48, stretched to the next multiple of 32 (mmseg's ResizeToMultiple).
+    assert sorted(model.shapes) == [(1, 3, 32, 64), (2, 3, 32, 32)]
+
+    settings = test_settings(32, config.data.mean, config.data.std)
+    evaluator = SegmentationEvaluator(3, ignore_index=255)
+    for image, mask in items:
+        evaluator.update(predict_logits(model, image, settings).argmax(0)[None], mask[None])
+    expected = evaluator.compute()
+    for key in ("mIoU", "mAcc", "aAcc"):
+        assert metrics[key] == pytest.approx(expected[key], abs=1e-9), key
 
 
 def test_the_heads_train_at_the_top_rate_without_decay_on_1d_parameters() -> None:

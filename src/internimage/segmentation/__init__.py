@@ -3,8 +3,10 @@
 Needs the ``seg`` extra (``pip install internimage[seg]``); ``import internimage`` does not.
 """
 
+from internimage.segmentation.evaluate import test_settings
 from internimage.segmentation.inference import (
     SegmentationInference,
+    predict_batch,
     predict_logits,
     predict_mask,
 )
@@ -32,8 +34,10 @@ __all__ = [
     "create_segmentation_model",
     "from_mmseg",
     "load_segmenter",
+    "predict_batch",
     "predict_logits",
     "predict_mask",
+    "test_settings",
     "upernet_config",
     "upernet_from_mmseg_config",
 ]

@@ -30,7 +30,9 @@ __all__ = [
     "ADE20KDataset",
     "IGNORE_INDEX",
     "SegmentationFolderDataset",
+    "SegmentationBatch",
     "collate_padded",
+    "collate_segmentation",
     "read_classes_file",
     "read_image",
     "read_mask",
@@ -345,3 +347,26 @@ def collate_padded(
         images[position, :, :h, :w] = image
         masks[position, :h, :w] = mask
     return images, masks
+
+
+#: ``(images uint8 [B, 3, H, W], masks int64 [B, H, W], sizes int64 [B, 2])`` where ``sizes``
+#: holds each item's ``(height, width)`` before padding.
+SegmentationBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def collate_segmentation(
+    batch: Sequence[tuple[torch.Tensor, torch.Tensor]], *, ignore_index: int = IGNORE_INDEX
+) -> SegmentationBatch:
+    """:func:`collate_padded` plus the size of every item, so that evaluation can undo the
+    padding and resize each image as it would resize it alone.
+
+    Args:
+        batch: ``(image [3, H_i, W_i], mask [H_i, W_i])`` items.
+        ignore_index: Mask value of the padding.
+
+    Returns:
+        ``(images, masks, sizes)``, see :data:`SegmentationBatch`.
+    """
+    images, masks = collate_padded(batch, ignore_index=ignore_index)
+    sizes = torch.tensor([tuple(mask.shape) for _, mask in batch], dtype=torch.int64)
+    return images, masks, sizes.reshape(len(batch), 2)

@@ -11,12 +11,41 @@ from internimage.segmentation.inference import SegmentationInference, predict_ma
 from internimage.segmentation.loading import LoadedSegmenter
 from internimage.segmentation.metrics import SegmentationEvaluator
 
-__all__ = ["evaluate_segmenter", "inference_settings"]
+__all__ = ["evaluate_segmenter", "inference_settings", "test_settings"]
 
 # Upstream's sliding window moves by about two thirds of the crop (341 for 512).
 _STRIDE_FRACTION = 2 / 3
 # mmseg's test scale is (2048, 512) for crops of 512: the long side may be 4x the short one.
 _LONG_TO_SHORT = 4
+
+
+def test_settings(
+    crop: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    mode: str = "whole",
+    ratios: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> SegmentationInference:
+    """mmseg's test settings for a model trained on crops of ``crop``: images resized so their
+    short side is the crop (long side at most 4x), then whole-image or sliding-window inference
+    with windows of the crop and a stride of two thirds of it.
+
+    Args:
+        crop: Side of the training crops.
+        mean: Normalisation mean of the training (RGB, [0, 1] units).
+        std: Its standard deviation.
+        mode: ``"whole"`` or ``"slide"``.
+        ratios: Multi-scale ratios (``(1.0,)``: single scale).
+        flip: Also predict the horizontal flips.
+    """
+    stride = max(1, int(crop * _STRIDE_FRACTION))
+    return SegmentationInference(
+        scale=(_LONG_TO_SHORT * crop, crop), mode=mode, crop_size=(crop, crop),
+        stride=(stride, stride), ratios=tuple(ratios), flip=flip, mean=tuple(mean),
+        std=tuple(std),
+    )
 
 
 def inference_settings(
@@ -26,16 +55,9 @@ def inference_settings(
     ratios: Sequence[float] = (1.0,),
     flip: bool = False,
 ) -> SegmentationInference:
-    """mmseg's test settings for a model trained on crops of ``loaded.crop_size``: images
-    resized so their short side is the crop (long side at most 4x), then whole-image or
-    sliding-window inference with windows of the crop and a stride of two thirds of it."""
-    crop = loaded.crop_size
-    stride = max(1, int(crop * _STRIDE_FRACTION))
-    return SegmentationInference(
-        scale=(_LONG_TO_SHORT * crop, crop), mode=mode, crop_size=(crop, crop),
-        stride=(stride, stride), ratios=tuple(ratios), flip=flip, mean=tuple(loaded.mean),
-        std=tuple(loaded.std),
-    )
+    """:func:`test_settings` for a loaded model (its crop size and normalisation)."""
+    return test_settings(loaded.crop_size, loaded.mean, loaded.std, mode=mode, ratios=ratios,
+                         flip=flip)
 
 
 def evaluate_segmenter(

@@ -1,5 +1,5 @@
-"""mmseg's test-time procedures for one image: keep-ratio resize, whole or sliding-window inference,
-multi-scale and flip averaging.
+"""mmseg's test-time procedures for one image or a batch of one size: keep-ratio resize, whole or
+sliding-window inference, multi-scale and flip averaging.
 
 The defaults are the test pipeline of upstream InternImage's ADE20K configs::
 
@@ -45,6 +45,7 @@ from internimage.errors import ConfigError, DataError
 
 __all__ = [
     "SegmentationInference",
+    "predict_batch",
     "predict_logits",
     "predict_mask",
     "rescale_size",
@@ -233,7 +234,7 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def _encode_decode(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits ``[1, C, h, w]`` (float32) of normalised ``x [1, 3, h, w]`` at its own size."""
+    """Logits ``[B, C, h, w]`` (float32) of normalised ``x [B, 3, h, w]`` at its own size."""
     output = model(pixel_values=x)
     logits = getattr(output, "logits", output).float()
     # transformers' UperNet already upsamples to the input; other heads may not.
@@ -241,7 +242,7 @@ def _encode_decode(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _slide(model: nn.Module, x: torch.Tensor, settings: SegmentationInference) -> torch.Tensor:
-    """mmseg's ``slide_inference`` (before the resize to the original size): ``[1, C, h, w]``."""
+    """mmseg's ``slide_inference`` (before the resize to the original size): ``[B, C, h, w]``."""
     height, width = x.shape[2], x.shape[3]
     preds: torch.Tensor | None = None
     count = torch.zeros(1, 1, height, width, device=x.device)
@@ -249,21 +250,22 @@ def _slide(model: nn.Module, x: torch.Tensor, settings: SegmentationInference) -
     for y1, y2, x1, x2 in slide_windows(height, width, settings.crop_size, settings.stride):
         logits = _encode_decode(model, x[:, :, y1:y2, x1:x2])
         if preds is None:
-            preds = logits.new_zeros(1, logits.shape[1], height, width)
+            preds = logits.new_zeros(x.shape[0], logits.shape[1], height, width)
         preds[:, :, y1:y2, x1:x2] += logits
         count[:, :, y1:y2, x1:x2] += 1
     assert preds is not None  # there is always at least one window
     return preds / count
 
 
-def _as_float_image(image: torch.Tensor) -> torch.Tensor:
-    if image.dim() != 3 or image.shape[0] != 3 or min(image.shape[1:]) < 1:
-        raise DataError(f"expected one RGB image [3, H, W], got shape {tuple(image.shape)}")
-    if image.dtype == torch.uint8:
-        return image.float().div_(255.0)
-    if not image.is_floating_point():
-        raise DataError(f"expected a uint8 or float image, got {image.dtype}")
-    x = image.float()
+def _as_float_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 or [0, 1] float ``[B, 3, H, W]`` -> float32 in [0, 1]."""
+    if images.dim() != 4 or images.shape[1] != 3 or min(images.shape[2:]) < 1:
+        raise DataError(f"expected RGB images [B, 3, H, W], got shape {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    if not images.is_floating_point():
+        raise DataError(f"expected uint8 or float images, got {images.dtype}")
+    x = images.float()
     low, high = float(x.min()), float(x.max())
     if not (0.0 <= low and high <= 1.0):
         # A float image in 0..255 would otherwise be normalised into nonsense silently.
@@ -272,16 +274,18 @@ def _as_float_image(image: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_logits(
-    model: nn.Module, image: torch.Tensor, settings: SegmentationInference | None = None
+def predict_batch(
+    model: nn.Module, images: torch.Tensor, settings: SegmentationInference | None = None
 ) -> torch.Tensor:
-    """Class probabilities of one image at its original size, by mmseg's test procedure.
+    """Class probabilities of images of one size at that size, by mmseg's test procedure.
 
     For each ratio of ``settings.ratios`` (and, with ``settings.flip``, its horizontal flip): the
     keep-ratio resize, ``ResizeToMultiple``, normalisation, whole or sliding-window inference, a
     bilinear resize of the logits straight to the original size and a softmax. The result is the
     mean of those softmaxes (mmseg's ``aug_test``). A single pass returns its softmax, not the raw
-    logits: the argmax is the same, and single- and multi-scale results are comparable.
+    logits: the argmax is the same, and single- and multi-scale results are comparable. Every
+    image of the batch goes through the same steps as it would alone (the resize depends only on
+    the size, which they share), so batching changes the speed, not the result.
 
     Image resizes are bilinear with ``align_corners=False`` and no antialiasing, as OpenCV's (which
     mmcv uses) are. The model runs in eval mode under ``torch.no_grad`` on its own device and dtype
@@ -289,22 +293,21 @@ def predict_logits(
 
     Args:
         model: Segmentation model called as ``model(pixel_values=x)`` with normalised
-            ``x [1, 3, h, w]``, returning an object with ``.logits [1, C, h', w']`` (e.g.
+            ``x [B, 3, h, w]``, returning an object with ``.logits [B, C, h', w']`` (e.g.
             transformers' ``UperNetForSemanticSegmentation``). Logits at another size than the
             input are resized to it bilinearly.
-        image: One image ``[3, H, W]`` at its original size, uint8 or float in [0, 1].
+        images: ``[B, 3, H, W]`` at their original size, uint8 or float in [0, 1].
         settings: Test-time settings; ``None`` for the defaults (upstream's ADE20K single-scale).
 
     Returns:
-        Float32 probabilities ``[C, H, W]`` that sum to 1 over ``C`` at each pixel.
+        Float32 probabilities ``[B, C, H, W]`` that sum to 1 over ``C`` at each pixel.
 
     Raises:
-        DataError: ``image`` is not one RGB image of a supported dtype and range.
+        DataError: ``images`` are not RGB images of a supported dtype and range.
     """
     settings = SegmentationInference() if settings is None else settings
-    x = _as_float_image(image)
     dtype, device = _model_dtype_device(model)
-    x = x.to(device).unsqueeze(0)  # [1, 3, H, W]
+    x = _as_float_images(images).to(device)  # [B, 3, H, W]
     height, width = x.shape[2], x.shape[3]
     flips = (False, True) if settings.flip else (False,)
     total: torch.Tensor | None = None
@@ -322,14 +325,35 @@ def predict_logits(
                     logits = _slide(model, net_input, settings)
                 else:
                     logits = _encode_decode(model, net_input)
-                probs = _resize(logits, (height, width)).softmax(dim=1)  # [1, C, H, W]
+                probs = _resize(logits, (height, width)).softmax(dim=1)  # [B, C, H, W]
                 if flip:
                     probs = probs.flip(-1)
                 total = probs if total is None else total + probs
     finally:
         model.train(was_training)
     assert total is not None  # ratios is never empty
-    return (total / (len(settings.ratios) * len(flips)))[0]
+    return total / (len(settings.ratios) * len(flips))
+
+
+def predict_logits(
+    model: nn.Module, image: torch.Tensor, settings: SegmentationInference | None = None
+) -> torch.Tensor:
+    """Class probabilities of one image at its original size: :func:`predict_batch` of one.
+
+    Args:
+        model: See :func:`predict_batch`.
+        image: One image ``[3, H, W]`` at its original size, uint8 or float in [0, 1].
+        settings: Test-time settings; ``None`` for the defaults (upstream's ADE20K single-scale).
+
+    Returns:
+        Float32 probabilities ``[C, H, W]`` that sum to 1 over ``C`` at each pixel.
+
+    Raises:
+        DataError: ``image`` is not one RGB image of a supported dtype and range.
+    """
+    if image.dim() != 3 or image.shape[0] != 3 or min(image.shape[1:]) < 1:
+        raise DataError(f"expected one RGB image [3, H, W], got shape {tuple(image.shape)}")
+    return predict_batch(model, image.unsqueeze(0), settings)[0]
 
 
 def predict_mask(

@@ -20,10 +20,13 @@ from internimage.models.hf import InternImageHFConfig
 from internimage.segmentation.augment import SegmentationAugmentation
 from internimage.segmentation.data import (
     ADE20KDataset,
+    SegmentationBatch,
     SegmentationFolderDataset,
-    collate_padded,
+    collate_segmentation,
     read_classes_file,
 )
+from internimage.segmentation.evaluate import test_settings
+from internimage.segmentation.inference import predict_batch
 from internimage.segmentation.metrics import SegmentationEvaluator
 from internimage.segmentation.upernet import upernet_config
 from internimage.train.distributed import on_rank_zero_first
@@ -31,7 +34,6 @@ from internimage.train.evaluate import autocast_context
 from internimage.train.tasks import (
     TASKS,
     Autocast,
-    Batch,
     Task,
     groups_with_heads,
     limit_sets,
@@ -85,8 +87,8 @@ class SegmentationTask(Task):
             )
         return Path(self.config.data.root)
 
-    def collate(self, batch: list[Any]) -> Batch:
-        return collate_padded(batch, ignore_index=self.config.segmentation.ignore_index)
+    def collate(self, batch: list[Any]) -> SegmentationBatch:
+        return collate_segmentation(batch, ignore_index=self.config.segmentation.ignore_index)
 
     def build_model(self) -> nn.Module:
         from transformers import UperNetForSemanticSegmentation
@@ -126,9 +128,12 @@ class SegmentationTask(Task):
         return normalize(images, data.mean, data.std)
 
     def training_losses(
-        self, model: nn.Module, batch: Batch, device: torch.device, autocast: Autocast
+        self, model: nn.Module, batch: SegmentationBatch, device: torch.device,
+        autocast: Autocast,
     ) -> dict[str, torch.Tensor]:
-        images, masks = batch
+        # Padding from the collate is image content to the augmentation; its labels are the
+        # ignore index, so the loss skips it.
+        images, masks, _ = batch
         x = images.to(device, non_blocking=True).float().div_(255.0)  # [B, 3, H, W]
         labels = masks.to(device, non_blocking=True)  # [B, H, W]
         x, labels = self.augment(x, labels)
@@ -141,26 +146,30 @@ class SegmentationTask(Task):
     def evaluate(
         self,
         model: nn.Module,
-        loader: Iterable[Batch],
+        loader: Iterable[SegmentationBatch],
         device: torch.device,
         amp_dtype: torch.dtype | None,
     ) -> dict[str, float]:
-        seg = self.config.segmentation
+        """mIoU, mAcc and aAcc by the test procedure of ``internimage eval`` (whole image, single
+        scale): each image at its own size is resized so that its short side is the training
+        crop (``data.image_size``), predicted, and its prediction resized back to its mask."""
+        data, seg = self.config.data, self.config.segmentation
+        settings = test_settings(data.image_size, data.mean, data.std)
         evaluator = SegmentationEvaluator(
             len(self.classes), ignore_index=seg.ignore_index, class_names=self.classes
         )
-        was_training = model.training
-        model.eval()
-        try:
-            for images, masks in loader:
-                if images.shape[0] == 0:
-                    continue
-                x = images.to(device, non_blocking=True).float().div_(255.0)
+        for images, masks, sizes in loader:
+            # Items of one size are predicted together; padding is cut off first.
+            groups: dict[tuple[int, int], list[int]] = {}
+            for index, (height, width) in enumerate(sizes.tolist()):
+                groups.setdefault((height, width), []).append(index)
+            for (height, width), members in groups.items():
+                chosen = torch.tensor(members)
                 with autocast_context(device, amp_dtype):
-                    logits = model(pixel_values=self._normalized(x)).logits
-                evaluator.update(logits.argmax(dim=1), masks.to(device))
-        finally:
-            model.train(was_training)
+                    probs = predict_batch(
+                        model, images[chosen, :, :height, :width], settings
+                    )  # [b, C, h, w]
+                evaluator.update(probs.argmax(dim=1), masks[chosen, :height, :width].to(device))
         result = evaluator.compute()
         return {"mIoU": result["mIoU"], "mAcc": result["mAcc"], "aAcc": result["aAcc"]}
 
