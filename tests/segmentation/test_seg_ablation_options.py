@@ -21,6 +21,7 @@ from internimage.models.hf import (  # noqa: E402
     InternImageHFConfig,
 )
 from internimage.ops import use_backend  # noqa: E402
+from internimage.segmentation.data import collate_segmentation  # noqa: E402
 from internimage.segmentation.upernet import upernet_config  # noqa: E402
 from internimage.train import apply_overrides, config_from_dict, config_to_dict  # noqa: E402
 from internimage.train.config import PRESETS  # noqa: E402
@@ -82,8 +83,9 @@ def test_the_segmentation_task_builds_and_trains_the_option(variant: str) -> Non
     task.setup(torch.device("cpu"))
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     masks = torch.randint(0, len(CLASSES), (2, 32, 32))
+    batch = collate_segmentation(list(zip(images, masks, strict=True)))
     with use_backend("reference"):
-        loss = task.training_losses(model, (images, masks), torch.device("cpu"),
+        loss = task.training_losses(model, batch, torch.device("cpu"),
                                     contextlib.nullcontext)["loss"]
         loss.backward()
     assert torch.isfinite(loss)
