@@ -21,6 +21,7 @@ from internimage.models import (
     create_model,
     load_checkpoint,
 )
+from internimage.models.checkpoint import read_checkpoint
 from internimage.models.pretrained import HUB_REPO, resolve_pretrained
 
 NAME = "internimage_atto"
@@ -68,6 +69,19 @@ def test_safetensors_file(tmp_path: Path) -> None:
     model = create_model(NAME)
     load_checkpoint(model, path)
     assert _same(model, state)
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_mapped_reading_gives_the_same_payload(tmp_path: Path, zip_format: bool) -> None:
+    """mmap=True maps a zip-format file and reads a legacy one, with the same contents."""
+    state = _state()
+    path = tmp_path / "run.pt"
+    torch.save({"task": "segmentation", "model": state}, path,
+               _use_new_zipfile_serialization=zip_format)
+    mapped, read = read_checkpoint(path, mmap=True), read_checkpoint(path)
+    assert mapped["task"] == read["task"] == "segmentation"
+    assert mapped["model"].keys() == state.keys()
+    assert all(torch.equal(mapped["model"][k], read["model"][k]) for k in state)
 
 
 class _Payload:

@@ -98,7 +98,8 @@ def source_task(checkpoint: Path | None, pretrained: str | None) -> str:
     from internimage.models.checkpoint import read_checkpoint
 
     assert checkpoint is not None
-    task = read_checkpoint(checkpoint).get("task")
+    # Mapped, not read: the loader that follows reads the weights.
+    task = read_checkpoint(checkpoint, mmap=True).get("task")
     return task if task in ("segmentation", "detection") else "classification"
 
 

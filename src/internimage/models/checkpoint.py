@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,8 +91,16 @@ class LoadResult:
         return "\n".join(lines)
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> Mapping[str, object]:
+def read_checkpoint(
+    path: str | os.PathLike[str], *, mmap: bool = False
+) -> Mapping[str, object]:
     """Read a checkpoint file: safetensors, or a pickle with ``weights_only=True``.
+
+    Args:
+        path: The file.
+        mmap: Map the tensors of a zip-format ``torch.save`` file instead of reading them, for
+            a caller that needs only the plain data beside them (the task, the config): the
+            file is then read once, by whoever loads the weights. Other files are read whole.
 
     Raises:
         CheckpointFileError: The file is missing, a folder, empty, truncated, corrupt, not a
@@ -118,7 +127,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Mapping[str, object]:
             ) from None
     try:
         # weights_only refuses arbitrary pickled objects: checkpoints are data, never code.
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap works only on the zip format (torch.save's default since torch 1.6).
+        loaded = torch.load(path, map_location="cpu", weights_only=True,
+                            mmap=mmap and zipfile.is_zipfile(path))
     except Exception as error:  # torch raises many types here; each becomes one clear message
         raise CheckpointFileError(_describe_unloadable(path, size, error)) from None
     if not isinstance(loaded, Mapping):
