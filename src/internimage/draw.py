@@ -641,7 +641,11 @@ def save_prediction(
     image: np.ndarray,
     mask: np.ndarray,
     class_names: Sequence[str],
-    **kwargs: Any,
+    *,
+    colors: np.ndarray | None = None,
+    alpha: float = 0.5,
+    ignore_index: int = 255,
+    legend: bool = True,
 ) -> None:
     """Draw the prediction with :func:`render_prediction` and write it to ``path`` as a PNG.
 
@@ -654,11 +658,15 @@ def save_prediction(
         image: uint8 ``[H, W, 3]`` RGB image.
         mask: Integer ``[H, W]`` class index of each pixel.
         class_names: Name of each class, by index.
-        **kwargs: Passed to :func:`render_prediction` (``colors``, ``alpha``, ``ignore_index``,
-            ``legend``).
+        colors: ``[K, 3]`` colour of each class; ``palette(len(class_names))`` if None.
+        alpha: Weight of the class colour in the overlay, 0 to 1.
+        ignore_index: Mask value of unlabelled pixels: shown as the image, not counted.
+        legend: Whether to draw the legend.
 
     Raises:
         ValueError: ``path`` does not end in ``.png``, or the inputs do not fit.
         MissingDependencyError: Pillow is not installed.
     """
-    _write_png(path, lambda: render_prediction(image, mask, class_names, **kwargs))
+    _write_png(path, lambda: render_prediction(
+        image, mask, class_names, colors=colors, alpha=alpha, ignore_index=ignore_index,
+        legend=legend))
