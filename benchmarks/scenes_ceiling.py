@@ -49,7 +49,7 @@ def classify(loaded: Any, items: list[np.ndarray]) -> np.ndarray:
     predictions = []
     with torch.no_grad():
         for item in items:
-            x = to_float_images(torch.from_numpy(np.ascontiguousarray(item))[None, None],
+            x = to_float_images(torch.from_numpy(np.array(item))[None, None],
                                 loaded.image_size, interpolation=loaded.interpolation)
             logits = loaded.model(normalize(x, loaded.mean, loaded.std))
             predictions.append(int(logits.argmax(dim=1)))
