@@ -60,6 +60,21 @@ def test_bad_overrides_raise(assignment: str, error: type, match: str) -> None:
         apply_overrides(TrainConfig(), [assignment])
 
 
+@pytest.mark.parametrize("text", ["1.5,3.0", "[1.5, 3.0]", "(1.5,3)", " [ 1.5 , 3.0 ] "])
+def test_tuple_overrides_accept_list_brackets(text: str) -> None:
+    config = apply_overrides(PRESETS["fashion-mnist-scenes"], [f"segmentation.scale_range={text}"])
+    assert config.segmentation.scale_range == (1.5, 3.0)
+
+
+def test_bracketed_tuple_overrides_check_their_length() -> None:
+    config = apply_overrides(TrainConfig(), ["model.depths=[1,1,2,1]"])
+    assert config.model.depths == (1, 1, 2, 1)
+    with pytest.raises(ValueError, match="4 values"):
+        apply_overrides(TrainConfig(), ["model.depths=[1,1,2]"])
+    with pytest.raises(ValueError, match="2 values"):
+        apply_overrides(TrainConfig(), ["optim.betas=[]"])
+
+
 def test_dict_and_json_round_trip(tmp_path: Path) -> None:
     config = apply_overrides(PRESETS["fashion-mnist"], ["optim.clip_grad=none", "seed=5"])
     assert config_from_dict(config_to_dict(config)) == config

@@ -653,7 +653,14 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: cannot convert {value!r} to {tp}: {'; '.join(errors)}")
     if origin is tuple:
         args = typing.get_args(tp)
-        items = value.split(",") if isinstance(value, str) else list(value)
+        if isinstance(value, str):
+            text = value.strip()
+            # "[1.5, 3.0]" and "(1.5, 3.0)" are what users type from JSON and Python habit.
+            if len(text) >= 2 and (text[0], text[-1]) in (("[", "]"), ("(", ")")):
+                text = text[1:-1]
+            items = [part.strip() for part in text.split(",")] if text.strip() else []
+        else:
+            items = list(value)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(v, args[0], key) for v in items)
         if len(items) != len(args):
