@@ -777,7 +777,8 @@ def parse_overrides(assignments: Iterable[str]) -> dict[str, Any]:
 
 
 def apply_overrides(config: TrainConfig, assignments: Iterable[str]) -> TrainConfig:
-    """Apply ``section.key=value`` strings, e.g. ``optim.lr=1e-3`` or ``optim.betas=0.9,0.95``.
+    """Apply ``section.key=value`` strings, e.g. ``optim.lr=1e-3`` or ``optim.betas=0.9,0.95``
+    (tuples may also be written ``[0.9, 0.95]``).
 
     Values are converted to the field's type (``none``/``null`` for optional fields).
 
