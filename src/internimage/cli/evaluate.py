@@ -98,6 +98,10 @@ def source_task(checkpoint: Path | None, pretrained: str | None) -> str:
     from internimage.models.checkpoint import read_checkpoint
 
     assert checkpoint is not None
+    if checkpoint.suffix == ".safetensors":
+        # Tensors only, never the task: plain classifier weights. The loader that follows
+        # reads the file (and reports it when it is missing or not safetensors).
+        return "classification"
     # Mapped, not read: the loader that follows reads the weights.
     task = read_checkpoint(checkpoint, mmap=True).get("task")
     return task if task in ("segmentation", "detection") else "classification"
