@@ -660,8 +660,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             text = value.strip()
             # "[1.5, 3.0]" and "(1.5, 3.0)" are what users type from JSON and Python habit.
             if len(text) >= 2 and (text[0], text[-1]) in (("[", "]"), ("(", ")")):
-                text = text[1:-1]
-            items = [part.strip() for part in text.split(",")] if text.strip() else []
+                text = text[1:-1].strip()
+            items = [part.strip() for part in text.split(",")] if text else []
         else:
             items = list(value)
         if len(args) == 2 and args[1] is Ellipsis:
