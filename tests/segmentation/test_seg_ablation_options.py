@@ -126,9 +126,18 @@ def test_a_config_with_the_options_round_trips_through_save_pretrained(tmp_path:
     assert loaded.config.backbone_config.ablation_options() == options
     dcn = _dcns(loaded.backbone)[0]
     assert (dcn.weight_sharing, dcn.group, dcn.mask_normalization) == ("unshared", 1, "sigmoid")
+    # The weights come back bit for bit ...
+    saved_state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert list(loaded_state) == list(saved_state)
+    assert all(torch.equal(loaded_state[k], v) for k, v in saved_state.items())
+    # ... but not at the same addresses: transformers' loader leaves the tensors at addresses
+    # that are not 64-byte aligned, and CPU kernels may pick other vector paths (another
+    # summation order) for those, so the outputs agree to rounding, not bit for bit.
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad(), use_backend("reference"):
-        assert torch.equal(model(x).logits, loaded.eval()(x).logits)
+        expected = model(x).logits
+        assert expected.abs().max() > 1e-3  # a real output, not a vanishing one
+        torch.testing.assert_close(loaded.eval()(x).logits, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_default_configs_save_as_before_and_files_without_the_fields_load_as_dcnv3(
