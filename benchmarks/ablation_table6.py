@@ -160,7 +160,7 @@ def count_parameters(config: TrainConfig, checkpoint: Path) -> int:
 def classifier_parameters(variant: Variant, overrides: Sequence[str]) -> int:
     """Parameters of the variant's 10-class classifier, the table's model size (the same
     network whichever tasks ran)."""
-    from internimage.train.tasks import create_classifier
+    from internimage.classification.task import create_classifier
 
     config = apply_overrides(PRESETS["fashion-mnist"], [*variant.overrides, *overrides])
     return sum(p.numel() for p in create_classifier(config, 10).parameters())

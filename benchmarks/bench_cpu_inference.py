@@ -50,9 +50,9 @@ def classifier_accuracy(checkpoint: Path) -> dict[str, Any]:
     bfloat16 (weights converted, eager, numba operator)."""
     import copy
 
+    from internimage.classification.inference import load_classifier
     from internimage.data.fashion_mnist import load_bundled_subset
     from internimage.data.transforms import normalize, to_float_images
-    from internimage.train.inference import load_classifier
 
     loaded = load_classifier(checkpoint=checkpoint)
     model = loaded.model

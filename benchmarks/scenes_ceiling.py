@@ -76,6 +76,7 @@ def oracle_miou(scenes: list[Any], predicted: np.ndarray, classes: int) -> dict[
 
 def main() -> None:
     """Run the measurement and write the result files."""
+    from internimage.classification.inference import load_classifier
     from internimage.data.fashion_mnist import load_bundled_subset
     from internimage.data.scenes import (
         ITEM_THRESHOLD,
@@ -84,7 +85,6 @@ def main() -> None:
         render_item_alpha,
     )
     from internimage.train import PRESETS
-    from internimage.train.inference import load_classifier
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classifier", type=Path, default=None, metavar="CHECKPOINT",

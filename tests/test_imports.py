@@ -15,6 +15,10 @@ def test_the_core_imports_without_the_seg_and_det_extras() -> None:
         f"import sys\nfor name in {EXTRAS!r}:\n    sys.modules[name] = None\n"
         "import internimage, internimage.train.trainer, internimage.cli.main\n"
         "import internimage.draw, internimage.data.scenes, internimage.train.tasks\n"
+        # The tasks' settings and presets (the training config's sections) need no extra either.
+        "from internimage.train.config import PRESETS, TrainConfig\n"
+        "assert TrainConfig().segmentation == PRESETS['ade20k'].segmentation\n"
+        "assert PRESETS['coco-1x'].detection.min_sizes == (800,)\n"
         "internimage.create_model('internimage_atto', depths=(1, 1, 1, 1))\n"
         "print('ok')\n"
     )

@@ -1,4 +1,4 @@
-"""IDX files, the bundled Fashion-MNIST subset and the ImageNet class list."""
+"""IDX files and the bundled Fashion-MNIST subset."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from internimage.data import (
     FASHION_MNIST_CLASSES,
     bundled_subset_path,
-    imagenet_classes,
     load_bundled_subset,
     load_fashion_mnist,
     read_idx,
@@ -114,25 +112,5 @@ def test_bundled_subset_matches_the_full_set_when_installed() -> None:
     np.testing.assert_array_equal(full_labels[source], labels)
 
 
-def test_class_name_lists() -> None:
-    names = imagenet_classes()
-    assert len(names) == 1000
-    assert names[0] == "tench" and names[1] == "goldfish" and names[999] == "toilet tissue"
-    assert names[151] == "Chihuahua" and names[281] == "tabby" and names[409] == "analog clock"
-    # ImageNet-1K has two pairs of classes that share a name (crane: bird/machine, maillot).
-    duplicates = {n for n, c in Counter(names).items() if c > 1}
-    assert duplicates == {"crane", "maillot"}
+def test_fashion_mnist_class_names() -> None:
     assert len(FASHION_MNIST_CLASSES) == 10 and FASHION_MNIST_CLASSES[9] == "Ankle boot"
-
-
-def test_fashion_mnist_dataset_names_its_split_and_rejects_unknown_names() -> None:
-    from internimage.data import fashion_mnist_dataset, load_bundled_subset
-
-    test_set = fashion_mnist_dataset("fashion-mnist-subset", "test")
-    images, labels = load_bundled_subset("test")
-    assert len(test_set) == len(labels)
-    image, label = test_set[0]
-    assert label == int(labels[0])
-    assert torch.equal(torch.as_tensor(image).flatten(), torch.as_tensor(images[0]).flatten())
-    with pytest.raises(ValueError, match="unknown Fashion-MNIST dataset 'mnist'"):
-        fashion_mnist_dataset("mnist", "test")

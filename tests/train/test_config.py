@@ -111,3 +111,26 @@ def test_imagenet_preset_is_the_upstream_recipe() -> None:
     assert (augment.mixup_alpha, augment.cutmix_alpha, augment.mixup_switch_prob) == (0.8, 1.0, 0.5)
     assert (augment.label_smoothing, augment.random_erasing) == (0.1, 0.25)
     assert (augment.randaugment_ops, augment.randaugment_magnitude) == (2, 9.0)
+
+
+def test_each_task_brings_its_section_datasets_and_presets() -> None:
+    from internimage.classification.augment import AugmentConfig
+    from internimage.detection.settings import DetectionConfig
+    from internimage.segmentation.settings import SegmentationConfig
+    from internimage.train.config import TASK_PACKAGES, all_datasets, task_settings
+
+    config = TrainConfig()
+    assert type(config.augment) is AugmentConfig
+    assert type(config.segmentation) is SegmentationConfig
+    assert type(config.detection) is DetectionConfig
+    names = []
+    for task in TASK_PACKAGES:
+        settings = task_settings(task)
+        assert set(settings.DATASETS) <= set(all_datasets())
+        for name, preset in settings.presets().items():
+            assert preset.task == task and preset.data.dataset in settings.DATASETS
+            assert PRESETS[name] == preset
+            names.append(name)
+    assert list(PRESETS) == names
+    # A file written with every section reads back the same (run folders' config.json).
+    assert config_from_dict(config_to_dict(PRESETS["coco-3x"])) == PRESETS["coco-3x"]

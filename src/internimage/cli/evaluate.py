@@ -9,11 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from internimage.cli.arguments import non_negative_int, positive_floats, positive_int
-from internimage.train.config import (
-    CLASSIFICATION_DATASETS,
-    DETECTION_DATASETS,
-    SEGMENTATION_DATASETS,
-)
+from internimage.train.config import all_datasets, task_settings
 
 __all__ = ["add_parser", "run"]
 
@@ -40,8 +36,7 @@ def add_parser(subparsers: Any) -> None:
     source.add_argument("--pretrained", metavar="MODEL", help="released weights of MODEL")
     parser.add_argument("--model", help="model name of a plain weights file")
     parser.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
-    parser.add_argument("--data", choices=list(dict.fromkeys(
-        CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS + DETECTION_DATASETS)),
+    parser.add_argument("--data", choices=list(all_datasets()),
                         help="dataset (default: the checkpoint's)")
     parser.add_argument("--data-root", help="dataset folder (for 'folder': the class folders)")
     parser.add_argument("--image-size", type=positive_int,
@@ -92,9 +87,10 @@ def source_task(checkpoint: Path | None, pretrained: str | None) -> str:
     """The task of the model that ``--checkpoint``/``--pretrained`` name: ``classification``,
     ``segmentation`` or ``detection``."""
     if pretrained is not None:
-        if pretrained.startswith("upernet_"):
-            return "segmentation"
-        return "detection" if pretrained.startswith("mask_rcnn_") else "classification"
+        from internimage.catalog.table import training_task
+
+        # Unknown names are classifiers here: the classifier's loader names the choices.
+        return training_task(pretrained) or "classification"
     from internimage.models.checkpoint import read_checkpoint
 
     assert checkpoint is not None
@@ -114,15 +110,16 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.data import DataLoader, Subset
 
-    from internimage.data.datasets import (
+    from internimage.classification.data import (
         ImageFolderDataset,
         collate_skipping_unreadable,
+        fashion_mnist_dataset,
     )
-    from internimage.data.fashion_mnist import FASHION_MNIST_CLASSES, fashion_mnist_dataset
+    from internimage.classification.evaluate import evaluate
+    from internimage.classification.inference import load_classifier
+    from internimage.data.fashion_mnist import FASHION_MNIST_CLASSES
     from internimage.errors import DataError, UsageError
     from internimage.train.distributed import resolve_device
-    from internimage.train.evaluate import evaluate
-    from internimage.train.inference import load_classifier
 
     device = resolve_device(args.device, 0)
     # A --model names the variant of plain classifier weights: never a dense model.
@@ -140,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_detection(args, device)
     if args.output is not None:
         raise UsageError("--output writes detections; this is a classifier")
-    if args.data is not None and args.data not in CLASSIFICATION_DATASETS:
+    if args.data is not None and args.data not in task_settings("classification").DATASETS:
         raise UsageError(f"--data {args.data} is not a classification dataset; this is a "
                          "classifier")
     loaded = load_classifier(
@@ -236,9 +233,10 @@ def _run_segmentation(args: argparse.Namespace, device: Any) -> int:
     from internimage.segmentation.evaluate import evaluate_segmenter, inference_settings
     from internimage.segmentation.loading import load_segmenter
 
-    if args.data is not None and args.data not in SEGMENTATION_DATASETS:
+    datasets = task_settings("segmentation").DATASETS
+    if args.data is not None and args.data not in datasets:
         raise UsageError(f"--data {args.data} is not a segmentation dataset; this is a "
-                         f"segmentation model ({', '.join(SEGMENTATION_DATASETS)})")
+                         f"segmentation model ({', '.join(datasets)})")
     if args.output is not None:
         raise UsageError("--output writes detections; this is a segmentation model")
     if args.model is not None or args.image_size is not None:
@@ -281,9 +279,10 @@ def _run_detection(args: argparse.Namespace, device: Any) -> int:
     from internimage.errors import RunExistsError, UsageError
     from internimage.files import atomic_write_text
 
-    if args.data is not None and args.data not in DETECTION_DATASETS:
+    datasets = task_settings("detection").DATASETS
+    if args.data is not None and args.data not in datasets:
         raise UsageError(f"--data {args.data} is not a detection dataset; this is a detector "
-                         f"({', '.join(DETECTION_DATASETS)})")
+                         f"({', '.join(datasets)})")
     if args.image_size is not None:
         raise UsageError("--image-size is for classifiers; a detector brings its image sizes")
     if args.output is not None and args.output.exists() and not args.overwrite:

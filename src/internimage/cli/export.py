@@ -76,16 +76,19 @@ def _load(args: argparse.Namespace) -> tuple[Any, int]:
         return _load_checkpoint(args)
     if args.ema or args.model is not None:
         raise UsageError("--ema and --model are for checkpoint files, not model names")
-    if source.startswith("mask_rcnn_"):
+    from internimage.catalog.table import training_task
+
+    task = training_task(source)
+    if task == "detection":
         # Refused before anything is built or downloaded.
         raise detector_error()
-    if source.startswith("upernet_"):
+    if task == "segmentation":
         if args.features_only:
             raise UsageError("--features-only is for classifiers; SOURCE is a segmentation model")
         return _load_segmentation(source=source, pretrained=args.pretrained)
     if source in VARIANTS:
+        from internimage.classification.inference import load_classifier
         from internimage.models import create_model
-        from internimage.train.inference import load_classifier
 
         if args.pretrained:
             loaded = load_classifier(pretrained=source)
@@ -96,18 +99,19 @@ def _load(args: argparse.Namespace) -> tuple[Any, int]:
     if Path(source).exists():
         raise UsageError(f"{source} is a folder; give a checkpoint file or a model name")
     raise MissingFileError(
-        f"{source} is neither a model name (e.g. internimage_t or upernet_internimage_t_ade20k) "
+        f"{source} is neither a model name (e.g. internimage_t or "
+        f"upernet_internimage_t_512_160k_ade20k) "
         f"nor an existing checkpoint file"
     )
 
 
 def _load_checkpoint(args: argparse.Namespace) -> tuple[Any, int]:
     """A classifier (its backbone with --features-only) or segmentation model from a file."""
+    from internimage.classification.inference import load_classifier
     from internimage.cli.evaluate import source_task
     from internimage.errors import UsageError
     from internimage.export.onnx import detector_error
     from internimage.models import InternImageFeatures
-    from internimage.train.inference import load_classifier
 
     path = Path(args.source)
     # A --model names the variant of plain classifier weights: never a dense model.
@@ -134,8 +138,8 @@ def _load_segmentation(
     import_task("segmentation")  # names the missing extra in one line
     from internimage.errors import UsageError
     from internimage.segmentation import (
-        ADE20K_MODELS,
         create_segmentation_model,
+        find_segmentation_release,
         load_segmenter,
     )
 
@@ -143,14 +147,13 @@ def _load_segmentation(
         loaded = load_segmenter(checkpoint=checkpoint, use_ema=use_ema)
         return loaded.model, loaded.crop_size
     assert source is not None
-    if source not in ADE20K_MODELS:
-        raise UsageError(
-            f"unknown segmentation model {source!r}; available: {', '.join(ADE20K_MODELS)}"
-        )
     if pretrained:
         loaded = load_segmenter(pretrained=source)
         return loaded.model, loaded.crop_size
-    return create_segmentation_model(source), ADE20K_MODELS[source].crop_size
+    release = find_segmentation_release(source)
+    if not isinstance(release.crop, tuple):
+        raise UsageError(f"{release.name} has no training crop to export at")
+    return create_segmentation_model(release.name), max(release.crop)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -80,10 +80,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image, UnidentifiedImageError
 
+    from internimage.classification.evaluate import prepare_batch
+    from internimage.classification.inference import load_classifier
     from internimage.data.images import to_rgb8
     from internimage.train.distributed import resolve_device
-    from internimage.train.evaluate import prepare_batch
-    from internimage.train.inference import load_classifier
 
     device = resolve_device(args.device, 0)
     from internimage.cli.evaluate import source_task

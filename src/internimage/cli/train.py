@@ -43,12 +43,7 @@ _FLAG_KEYS: dict[str, str] = {
 
 def add_parser(subparsers: Any) -> None:
     """Register ``train``."""
-    from internimage.train.config import (
-        CLASSIFICATION_DATASETS,
-        DETECTION_DATASETS,
-        PRESETS,
-        SEGMENTATION_DATASETS,
-    )
+    from internimage.train.config import PRESETS, all_datasets
 
     parser = subparsers.add_parser(
         "train",
@@ -92,8 +87,7 @@ def add_parser(subparsers: Any) -> None:
                        "segmentation and detection take its backbone)")
     group.add_argument("--drop-path-rate", dest="drop_path_rate")
     group.add_argument("--grad-checkpointing", action="store_const", const="true")
-    group.add_argument("--data", choices=list(dict.fromkeys(
-        CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS + DETECTION_DATASETS)))
+    group.add_argument("--data", choices=list(all_datasets()))
     group.add_argument("--data-root", help="dataset folder")
     group.add_argument("--image-size", dest="image_size")
     group.add_argument("--workers", help="DataLoader workers per process")

@@ -127,12 +127,12 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from internimage.analysis.sampling import sampling_locations, save_sampling_maps
+    from internimage.classification.inference import load_classifier
     from internimage.cli.evaluate import source_task
     from internimage.data.images import read_image
     from internimage.data.transforms import normalize, to_float_images
     from internimage.errors import UsageError
     from internimage.train.distributed import resolve_device
-    from internimage.train.inference import load_classifier
 
     if args.model is None and args.checkpoint is None:
         raise UsageError("say which model to look at: --model NAME (released weights) or "

@@ -1,28 +1,23 @@
-"""Datasets, readers and augmentation for training and evaluating InternImage classifiers."""
+"""Image data shared by the tasks: reading and normalising images, Fashion-MNIST (the source of the
+classification demo and of the generated scenes), the scenes and the demo photos.
 
-from internimage.data.augment import (
-    AugmentConfig,
-    MixupCutmix,
-    TrainAugmentation,
-    smooth_one_hot,
-    soft_target_cross_entropy,
-)
-from internimage.data.datasets import (
-    ArrayImageDataset,
-    ImageFolderDataset,
-    UnreadableImageWarning,
-    collate_skipping_unreadable,
-)
+The classification datasets and augmentation live in :mod:`internimage.classification`; their
+names stay importable from here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from internimage.data.fashion_mnist import (
     FASHION_MNIST_CLASSES,
     bundled_subset_path,
-    fashion_mnist_dataset,
     find_fashion_mnist_root,
     load_bundled_subset,
     load_fashion_mnist,
 )
 from internimage.data.idx import read_idx, write_idx
-from internimage.data.imagenet import imagenet_classes
 from internimage.data.images import to_rgb8
 from internimage.data.photos import DEMO_PHOTOS, demo_photo, demo_photos_notice
 from internimage.data.transforms import (
@@ -32,6 +27,22 @@ from internimage.data.transforms import (
     normalize,
     to_float_images,
 )
+
+# Names that moved to internimage.classification -> their module there; imported on first use,
+# as that package imports this one.
+_CLASSIFICATION = {
+    "AugmentConfig": "augment",
+    "MixupCutmix": "augment",
+    "TrainAugmentation": "augment",
+    "smooth_one_hot": "augment",
+    "soft_target_cross_entropy": "augment",
+    "ArrayImageDataset": "data",
+    "ImageFolderDataset": "data",
+    "UnreadableImageWarning": "data",
+    "collate_skipping_unreadable": "data",
+    "fashion_mnist_dataset": "data",
+    "imagenet_classes": "imagenet",
+}
 
 __all__ = [
     "DEMO_PHOTOS",
@@ -62,3 +73,33 @@ __all__ = [
     "to_rgb8",
     "write_idx",
 ]
+
+if TYPE_CHECKING:
+    from internimage.classification.augment import (
+        AugmentConfig,
+        MixupCutmix,
+        TrainAugmentation,
+        smooth_one_hot,
+        soft_target_cross_entropy,
+    )
+    from internimage.classification.data import (
+        ArrayImageDataset,
+        ImageFolderDataset,
+        UnreadableImageWarning,
+        collate_skipping_unreadable,
+        fashion_mnist_dataset,
+    )
+    from internimage.classification.imagenet import imagenet_classes
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CLASSIFICATION:
+        module = importlib.import_module(f"internimage.classification.{_CLASSIFICATION[name]}")
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_CLASSIFICATION))

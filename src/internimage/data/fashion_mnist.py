@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from internimage.data.datasets import ArrayImageDataset
 from internimage.data.idx import read_idx
 from internimage.errors import MissingFileError
 
@@ -16,7 +15,6 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_ENV_VAR",
     "bundled_subset_path",
-    "fashion_mnist_dataset",
     "find_fashion_mnist_root",
     "load_bundled_subset",
     "load_fashion_mnist",
@@ -135,26 +133,3 @@ def load_bundled_subset(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
         images = archive[f"{split}_images"]
         labels = archive[f"{split}_labels"].astype(np.int64)
     return images, labels
-
-
-def fashion_mnist_dataset(
-    name: str, split: str, root: str | Path | None = None
-) -> ArrayImageDataset:
-    """One split of Fashion-MNIST as a dataset of ``(uint8 [1, 28, 28], label)`` items.
-
-    Args:
-        name: ``"fashion-mnist-subset"`` (bundled with the package) or ``"fashion-mnist"``
-            (the full IDX files under ``root``, found as :func:`find_fashion_mnist_root` does).
-        split: ``"train"`` or ``"test"``.
-        root: Folder of the full IDX files (ignored for the bundled subset).
-    """
-    if name == "fashion-mnist-subset":
-        arrays = load_bundled_subset(split)
-    elif name == "fashion-mnist":
-        arrays = load_fashion_mnist(root, split)
-    else:
-        raise ValueError(
-            f"unknown Fashion-MNIST dataset {name!r}; expected 'fashion-mnist-subset' or "
-            f"'fashion-mnist'"
-        )
-    return ArrayImageDataset(*arrays, FASHION_MNIST_CLASSES)

@@ -4,38 +4,36 @@ Needs the ``det`` extra (``pip install internimage[det]``: torchvision and pycoc
 ``import internimage`` does not.
 """
 
-from internimage.detection.mmdet import (
-    convert_mmdet_state_dict,
-    from_mmdet,
-    mask_rcnn_from_mmdet_config,
-)
-from internimage.detection.model import (
-    FPN_STRIDES,
-    AlignedMultiScaleRoIAlign,
-    DetectorHeads,
-    DetectorSettings,
-    FractionalAnchorGenerator,
-    InternImageFPN,
-    SymmetricClampBoxCoder,
-    build_mask_rcnn,
-    detection_param_groups,
-)
-from internimage.detection.pretrained import (
-    COCO_CATEGORY_IDS,
-    COCO_CLASSES,
-    COCO_MODELS,
-    DetectionWeights,
-    create_detection_model,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Module -> the public names it defines, imported on first use: the task's settings
+# (internimage.detection.settings) load without torchvision, as the training config needs them.
+_MODULES = {
+    "internimage.detection.mmdet": (
+        "convert_mmdet_state_dict", "from_mmdet", "mask_rcnn_from_mmdet_config",
+    ),
+    "internimage.detection.model": (
+        "FPN_STRIDES", "AlignedMultiScaleRoIAlign", "DetectorHeads", "DetectorSettings",
+        "FractionalAnchorGenerator", "InternImageFPN", "SymmetricClampBoxCoder", "build_mask_rcnn",
+        "detection_param_groups",
+    ),
+    "internimage.detection.pretrained": (
+        "COCO_CATEGORY_IDS", "COCO_CLASSES", "create_detection_model", "mask_rcnn_for_release",
+        "mask_rcnn_model_config",
+    ),
+    "internimage.detection.settings": ("DetectionConfig",),
+}
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
     "COCO_CATEGORY_IDS",
     "COCO_CLASSES",
-    "COCO_MODELS",
-    "DetectionWeights",
-    "create_detection_model",
     "FPN_STRIDES",
     "AlignedMultiScaleRoIAlign",
+    "DetectionConfig",
     "DetectorHeads",
     "DetectorSettings",
     "FractionalAnchorGenerator",
@@ -43,7 +41,48 @@ __all__ = [
     "SymmetricClampBoxCoder",
     "build_mask_rcnn",
     "convert_mmdet_state_dict",
+    "create_detection_model",
     "detection_param_groups",
     "from_mmdet",
+    "mask_rcnn_for_release",
     "mask_rcnn_from_mmdet_config",
+    "mask_rcnn_model_config",
 ]
+
+if TYPE_CHECKING:
+    from internimage.detection.mmdet import (
+        convert_mmdet_state_dict,
+        from_mmdet,
+        mask_rcnn_from_mmdet_config,
+    )
+    from internimage.detection.model import (
+        FPN_STRIDES,
+        AlignedMultiScaleRoIAlign,
+        DetectorHeads,
+        DetectorSettings,
+        FractionalAnchorGenerator,
+        InternImageFPN,
+        SymmetricClampBoxCoder,
+        build_mask_rcnn,
+        detection_param_groups,
+    )
+    from internimage.detection.pretrained import (
+        COCO_CATEGORY_IDS,
+        COCO_CLASSES,
+        create_detection_model,
+        mask_rcnn_for_release,
+        mask_rcnn_model_config,
+    )
+    from internimage.detection.settings import DetectionConfig
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -29,7 +29,7 @@ from internimage.detection.data import (
 from internimage.detection.model import DetectorHeads, DetectorSettings, build_mask_rcnn
 from internimage.errors import ConfigError, DataError
 from internimage.train.distributed import on_rank_zero_first
-from internimage.train.evaluate import autocast_context
+from internimage.train.precision import autocast_context
 from internimage.train.tasks import (
     TASKS,
     Autocast,

@@ -3,35 +3,40 @@
 Needs the ``seg`` extra (``pip install internimage[seg]``); ``import internimage`` does not.
 """
 
-from internimage.segmentation.evaluate import test_settings
-from internimage.segmentation.inference import (
-    SegmentationInference,
-    predict_batch,
-    predict_logits,
-    predict_mask,
-)
-from internimage.segmentation.loading import LoadedSegmenter, load_segmenter
-from internimage.segmentation.metrics import SegmentationEvaluator
-from internimage.segmentation.pretrained import (
-    ADE20K_MODELS,
-    SegmentationWeights,
-    create_segmentation_model,
-)
-from internimage.segmentation.upernet import (
-    convert_mmseg_state_dict,
-    from_mmseg,
-    upernet_config,
-    upernet_from_mmseg_config,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Module -> the public names it defines, imported on first use: the task's settings
+# (internimage.segmentation.settings) load without transformers, as the training config needs them.
+_MODULES = {
+    "internimage.segmentation.evaluate": ("test_settings",),
+    "internimage.segmentation.inference": (
+        "SegmentationInference", "predict_batch", "predict_logits", "predict_mask",
+    ),
+    "internimage.segmentation.loading": ("LoadedSegmenter", "load_segmenter",),
+    "internimage.segmentation.metrics": ("SegmentationEvaluator",),
+    "internimage.segmentation.pretrained": (
+        "upernet_for_release", "create_segmentation_model", "find_segmentation_release",
+        "upernet_model_config",
+    ),
+    "internimage.segmentation.upernet": (
+        "convert_mmseg_state_dict", "from_mmseg", "upernet_config", "upernet_from_mmseg_config",
+    ),
+    "internimage.segmentation.settings": ("SegmentationConfig",),
+}
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
-    "ADE20K_MODELS",
     "LoadedSegmenter",
+    "SegmentationConfig",
     "SegmentationEvaluator",
     "SegmentationInference",
-    "SegmentationWeights",
+    "upernet_for_release",
     "convert_mmseg_state_dict",
     "create_segmentation_model",
+    "find_segmentation_release",
     "from_mmseg",
     "load_segmenter",
     "predict_batch",
@@ -40,4 +45,44 @@ __all__ = [
     "test_settings",
     "upernet_config",
     "upernet_from_mmseg_config",
+    "upernet_model_config",
 ]
+
+if TYPE_CHECKING:
+    from internimage.segmentation.evaluate import test_settings
+    from internimage.segmentation.inference import (
+        SegmentationInference,
+        predict_batch,
+        predict_logits,
+        predict_mask,
+    )
+    from internimage.segmentation.loading import (
+        LoadedSegmenter,
+        load_segmenter,
+    )
+    from internimage.segmentation.metrics import SegmentationEvaluator
+    from internimage.segmentation.pretrained import (
+        upernet_for_release,
+        create_segmentation_model,
+        find_segmentation_release,
+        upernet_model_config,
+    )
+    from internimage.segmentation.settings import SegmentationConfig
+    from internimage.segmentation.upernet import (
+        convert_mmseg_state_dict,
+        from_mmseg,
+        upernet_config,
+        upernet_from_mmseg_config,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

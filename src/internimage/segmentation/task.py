@@ -30,7 +30,7 @@ from internimage.segmentation.inference import predict_batch
 from internimage.segmentation.metrics import SegmentationEvaluator
 from internimage.segmentation.upernet import upernet_config
 from internimage.train.distributed import on_rank_zero_first
-from internimage.train.evaluate import autocast_context
+from internimage.train.precision import autocast_context
 from internimage.train.tasks import (
     TASKS,
     Autocast,

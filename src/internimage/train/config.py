@@ -1,49 +1,89 @@
-"""Training configuration: frozen dataclasses, presets, dotted overrides and (de)serialisation."""
+"""Training configuration: frozen dataclasses, presets, dotted overrides and (de)serialisation.
+
+:class:`TrainConfig` is the training loop's config. It composes the settings every run has
+(model, data, optimiser, schedule) with one section per task (``augment``, ``segmentation``,
+``detection``), whose classes live with their tasks, like the tasks' datasets and presets: in
+``internimage.<task>.settings`` (:func:`task_settings`). They are imported when first needed,
+not when this module loads: the task packages import this one.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from internimage.data.augment import AugmentConfig
 from internimage.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from internimage.errors import ConfigError, ConfigKeyError, MissingDependencyError
 
+if TYPE_CHECKING:
+    from internimage.classification.augment import AugmentConfig
+    from internimage.detection.settings import DetectionConfig
+    from internimage.segmentation.settings import SegmentationConfig
+
 __all__ = [
     "PRESETS",
+    "TASK_PACKAGES",
     "DataConfig",
-    "DetectionConfig",
     "ModelConfig",
     "OptimConfig",
     "ScheduleConfig",
-    "SegmentationConfig",
     "TrainConfig",
+    "all_datasets",
     "apply_overrides",
     "config_from_dict",
     "config_to_dict",
     "load_config_file",
     "parse_overrides",
     "save_config",
+    "task_settings",
 ]
 
-#: Datasets of each task.
-CLASSIFICATION_DATASETS = ("fashion-mnist-subset", "fashion-mnist", "folder")
-SEGMENTATION_DATASETS = ("fashion-mnist-scenes", "ade20k", "segmentation-folder")
-DETECTION_DATASETS = ("fashion-mnist-scenes", "coco")
-_DATASETS = tuple(dict.fromkeys(CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS
-                                 + DETECTION_DATASETS))
+#: ``TrainConfig.task`` -> the package of the task. Its ``settings`` module holds ``SETTINGS`` (the
+#: class of the task's section of TrainConfig), ``DATASETS`` (its ``data.dataset`` values) and
+#: ``presets()``; its ``task`` module registers the task's class (``internimage.train.tasks``).
+TASK_PACKAGES = {
+    "classification": "internimage.classification",
+    "segmentation": "internimage.segmentation",
+    "detection": "internimage.detection",
+}
 _DECAYS = ("cosine", "poly", "step")
 _AMP = ("auto", "none", "bf16", "fp16")
 _STRATEGIES = ("ddp", "fsdp")
-_TASKS = ("classification", "segmentation", "detection")
-_TASK_DATASETS = {"classification": CLASSIFICATION_DATASETS,
-                  "segmentation": SEGMENTATION_DATASETS, "detection": DETECTION_DATASETS}
+
+
+def task_settings(task: str) -> types.ModuleType:
+    """The settings module of ``task`` (``internimage.<task>.settings``, see
+    :data:`TASK_PACKAGES`)."""
+    return importlib.import_module(f"{TASK_PACKAGES[task]}.settings")
+
+
+@cache
+def all_datasets() -> tuple[str, ...]:
+    """The ``data.dataset`` values of every task, each once, in the tasks' order."""
+    names: list[str] = []
+    for task in TASK_PACKAGES:
+        names.extend(task_settings(task).DATASETS)
+    return tuple(dict.fromkeys(names))
+
+
+def _section_types() -> dict[str, type]:
+    """The classes of the tasks' sections by name, to resolve :class:`TrainConfig`'s
+    annotations."""
+    classes = (task_settings(task).SETTINGS for task in TASK_PACKAGES)
+    return {cls.__name__: cls for cls in classes}
+
+
+def _default_section(task: str) -> typing.Callable[[], Any]:
+    """The default of ``task``'s section of :class:`TrainConfig`: its settings' defaults."""
+    return lambda: task_settings(task).SETTINGS()
 
 
 @dataclass(frozen=True)
@@ -171,8 +211,9 @@ class DataConfig:
     scenes_seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.dataset not in _DATASETS:
-            raise ConfigError(f"data.dataset must be one of {_DATASETS}, got {self.dataset!r}")
+        datasets = all_datasets()
+        if self.dataset not in datasets:
+            raise ConfigError(f"data.dataset must be one of {datasets}, got {self.dataset!r}")
         if self.dataset == "folder" and self.root is None:
             # Checked at use, not here, so a preset can be built before the root is set.
             pass
@@ -192,115 +233,6 @@ class DataConfig:
             raise ConfigError("data.scenes_train and scenes_val must be >= 1, scene_size >= 32")
         if self.scenes_seed < 0:
             raise ConfigError(f"data.scenes_seed must be >= 0, got {self.scenes_seed}")
-
-
-@dataclass(frozen=True)
-class SegmentationConfig:
-    """Settings of the segmentation task (UperNet head, labels, augmentation, demo scenes).
-
-    Attributes:
-        head_channels: Width of the UPerHead (upstream: 512).
-        auxiliary_channels: Width of the FCN auxiliary head on stage 3 (upstream: 256).
-        auxiliary_weight: Weight of the auxiliary loss (upstream: 0.4).
-        ignore_index: Label value that is not trained on nor counted.
-        reduce_zero_label: ADE20K's convention: label 0 ("other") is ignored, k becomes k - 1.
-        scale_range: Random rescale ratios of training images (upstream: 0.5-2.0).
-        cat_max_ratio: Largest share of one class in a training crop (retried up to 10
-            times; 1.0 disables the rule).
-        hflip: Probability of a horizontal flip.
-        photometric: Apply mmseg's photometric distortion to training images.
-    """
-
-    head_channels: int = 512
-    auxiliary_channels: int = 256
-    auxiliary_weight: float = 0.4
-    ignore_index: int = 255
-    reduce_zero_label: bool = True
-    scale_range: tuple[float, float] = (0.5, 2.0)
-    cat_max_ratio: float = 0.75
-    hflip: float = 0.5
-    photometric: bool = True
-
-    def __post_init__(self) -> None:
-        if self.head_channels < 1 or self.auxiliary_channels < 1:
-            raise ConfigError("segmentation.head_channels and auxiliary_channels must be >= 1")
-        if self.auxiliary_weight < 0:
-            raise ConfigError("segmentation.auxiliary_weight must be >= 0")
-        low, high = self.scale_range
-        if not 0 < low <= high:
-            raise ConfigError(
-                f"segmentation.scale_range must be 0 < low <= high, got {self.scale_range}"
-            )
-        if not 0 < self.cat_max_ratio <= 1:
-            raise ConfigError(
-                f"segmentation.cat_max_ratio must be in (0, 1], got {self.cat_max_ratio}"
-            )
-        if not 0 <= self.hflip <= 1:
-            raise ConfigError(f"segmentation.hflip is a probability, got {self.hflip}")
-
-
-@dataclass(frozen=True)
-class DetectionConfig:
-    """Settings of the detection task (Mask R-CNN widths, image sizes, sampling, augmentation).
-
-    The defaults are upstream's COCO Mask R-CNN; small data wants far narrower heads and fewer
-    proposals (see the ``fashion-mnist-scenes-detection`` preset).
-
-    Attributes:
-        fpn_channels: Width of the FPN (and of the RPN conv and the RoI features).
-        box_fc_channels: Width of the box head's two fully connected layers.
-        mask_convs: 3x3 convolutions of the mask head.
-        mask_channels: Their width.
-        min_sizes: Shorter image side after resizing; training draws one per image (multi-scale),
-            evaluation uses the last.
-        max_size: Upper limit of the longer side.
-        rpn_batch: Anchors sampled per image for the RPN loss.
-        roi_batch: Proposals sampled per image for the box and mask losses.
-        proposals_train: Proposals per image after the RPN's NMS in training.
-        proposals_test: Same at test time.
-        detections_per_image: Detections kept per image.
-        score_threshold: Detections scoring less are dropped.
-        frozen_stages: Backbone stages kept frozen (-1 none, 0 the stem, k the stem and k
-            stages).
-        hflip: Probability of a horizontal flip of a training image.
-        keep_empty: Train on images without annotations too (as negatives).
-    """
-
-    fpn_channels: int = 256
-    box_fc_channels: int = 1024
-    mask_convs: int = 4
-    mask_channels: int = 256
-    min_sizes: tuple[int, ...] = (800,)
-    max_size: int = 1333
-    rpn_batch: int = 256
-    roi_batch: int = 512
-    proposals_train: int = 1000
-    proposals_test: int = 1000
-    detections_per_image: int = 100
-    score_threshold: float = 0.05
-    frozen_stages: int = -1
-    hflip: float = 0.5
-    keep_empty: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("fpn_channels", "box_fc_channels", "mask_convs", "mask_channels",
-                     "rpn_batch", "roi_batch", "proposals_train", "proposals_test",
-                     "detections_per_image"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"detection.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.min_sizes or min(self.min_sizes) < 1 or max(self.min_sizes) > self.max_size:
-            raise ConfigError(
-                f"detection.min_sizes must be positive and at most max_size={self.max_size}, "
-                f"got {self.min_sizes}"
-            )
-        if not -1 <= self.frozen_stages <= 4:
-            raise ConfigError(f"detection.frozen_stages must be in -1..4, got {self.frozen_stages}")
-        if not 0 <= self.hflip <= 1:
-            raise ConfigError(f"detection.hflip is a probability, got {self.hflip}")
-        if not 0 <= self.score_threshold <= 1:
-            raise ConfigError(
-                f"detection.score_threshold must be in [0, 1], got {self.score_threshold}"
-            )
 
 
 @dataclass(frozen=True)
@@ -439,9 +371,9 @@ class TrainConfig:
     task: str = "classification"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
-    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    augment: AugmentConfig = field(default_factory=_default_section("classification"))
+    segmentation: SegmentationConfig = field(default_factory=_default_section("segmentation"))
+    detection: DetectionConfig = field(default_factory=_default_section("detection"))
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     batch_size: int = 128
@@ -461,9 +393,9 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.task not in _TASKS:
-            raise ConfigError(f"task must be one of {_TASKS}, got {self.task!r}")
-        datasets = _TASK_DATASETS[self.task]
+        if self.task not in TASK_PACKAGES:
+            raise ConfigError(f"task must be one of {tuple(TASK_PACKAGES)}, got {self.task!r}")
+        datasets = task_settings(self.task).DATASETS
         if self.data.dataset not in datasets:
             raise ConfigError(
                 f"data.dataset={self.data.dataset!r} is not a {self.task} dataset; choose from "
@@ -493,144 +425,24 @@ class TrainConfig:
             )
 
 
-#: Named starting points for ``internimage train --preset``.
-PRESETS: dict[str, TrainConfig] = {
-    # The project's quick job: InternImage-atto's widths with one block per stage (three in the
-    # third: a (1, 1, 3, 1) stack, 0.54M parameters), on the bundled Fashion-MNIST subset
-    # upsampled to 64 px. The stem divides by 4, so 64 px gives 16x16 maps in the first stage
-    # (32 px would leave 2x2 and 1x1 maps for the last two stages, which learns markedly worse for
-    # the same time). Light augmentation: the images are centred and upright, so padded crops and
-    # flips only; no mixing or photometric changes. Sized to finish within 10 minutes on the
-    # slower of the 2-core hosts seen (AMD EPYC Zen 3, no AVX-512, two worker processes): 11
-    # epochs gave 90.80% test top-1 in 9.0 minutes there. The earlier (2, 2, 6, 2) stack reached
-    # 91.05% but took 14.6 minutes on that host (8.3 on a Zen 4 host); 48 px took 10.6 minutes for
-    # 89.95%. Runs that differ only in float rounding (thread counts, kernel versions) land within
-    # about +-0.2 points of each other.
-    "fashion-mnist": TrainConfig(
-        model=ModelConfig(name="internimage_atto", drop_path_rate=0.0, depths=(1, 1, 3, 1)),
-        data=DataConfig(
-            dataset="fashion-mnist-subset", image_size=64, num_workers=0,
-            mean=(0.286, 0.286, 0.286), std=(0.353, 0.353, 0.353),
-        ),
-        augment=AugmentConfig(
-            random_resized_crop=False, crop_padding=2, hflip=0.5, randaugment_ops=0,
-            random_erasing=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, label_smoothing=0.1,
-        ),
-        optim=OptimConfig(lr=1.2e-2, weight_decay=0.05, clip_grad=5.0),
-        schedule=ScheduleConfig(epochs=11, warmup_epochs=0.5, warmup_lr=1e-5, min_lr=1e-5),
-        batch_size=128,
-        ema_decay=None,
-        processes="auto",
-        log_every=20,
-    ),
-    # The upstream ImageNet-1K from-scratch recipe for InternImage-T (set data.root).
-    "imagenet-1k": TrainConfig(),
-    # Upstream's ADE20K recipe for UperNet + InternImage-T (set data.root): AdamW 6e-5 at a
-    # total batch of 16 (here per 512 images: 6e-5 * 32), weight decay 0.05, 160k iterations
-    # with 1500 of linear warm-up from 1e-6 of the peak, then poly decay (power 1) to 0; crops
-    # of 512, the dense T backbone's layer scale 1.0 and drop path 0.2; layer-wise decay 1.0
-    # (none in effect) for T/S/B (0.94 for L/XL, 0.95 for H, with clip_grad 0.1). Evaluated
-    # every 13 epochs, about upstream's 16k iterations on ADE20K's 20,210 training images.
-    "ade20k": TrainConfig(
-        task="segmentation",
-        model=ModelConfig(name="internimage_t", drop_path_rate=0.2, layer_scale=1.0),
-        data=DataConfig(dataset="ade20k", image_size=512, num_workers=4),
-        segmentation=SegmentationConfig(),
-        optim=OptimConfig(lr=6e-5 * 32, weight_decay=0.05),
-        schedule=ScheduleConfig(steps=160_000, warmup_steps=1500, warmup_lr=6e-5 * 32 * 1e-6,
-                                min_lr=0.0, decay="poly", power=1.0),
-        batch_size=16,
-        ema_decay=None,
-        eval_every=13,
-        log_every=50,
-    ),
-    # The demo: UperNet (heads 64/32 wide, far narrower than ADE20K's 512/256, as the model is)
-    # on the main job's network (atto widths, depths 1-1-3-1), trained on Fashion-MNIST scenes
-    # (2000 training and 200 validation canvases of 128 px with 11 classes, generated on first
-    # use). Like a real dense model it is meant to start from a classifier: set model.finetune
-    # to a `fashion-mnist` run's best.pt (benchmarks/bench_segmentation.py does both). About 50
-    # images/s on the 2-core CPU at batch 8, 40 s per epoch: 70 epochs reached 56.9% held-out
-    # mIoU in 47 minutes (57.1% at epoch 60; 44.4% at 10, 54.9% at 45). Three-epoch trials
-    # from the classifier: batch 8 at 1e-3 per step (6.4e-2 per 512 images) 33.5%, batch 16 at
-    # 1e-3 24.1%; from scratch (depths 2-2-6-2, batch 16) 22.5%; wider heads 128/64 39.1% and
-    # 256/128 41.8% but fewer images/s; twice the rate 36.8%. Larger inputs (the classifier
-    # saw its items at 64 px, the scenes' are 20 to 64) do not pay for their cost: scenes
-    # rescaled to 256 px reached 35.6% in three epochs at 14 images/s, to 192 px 44.0% in five
-    # epochs (6.5 minutes) at 28 images/s, about what 128 px reaches in the same time.
-    "fashion-mnist-scenes": TrainConfig(
-        task="segmentation",
-        model=ModelConfig(name="internimage_atto", drop_path_rate=0.0, depths=(1, 1, 3, 1)),
-        data=DataConfig(dataset="fashion-mnist-scenes", image_size=128, num_workers=0),
-        segmentation=SegmentationConfig(
-            head_channels=64, auxiliary_channels=32, reduce_zero_label=False,
-            scale_range=(0.75, 1.5), photometric=False,
-        ),
-        optim=OptimConfig(lr=6.4e-2, weight_decay=0.05, clip_grad=5.0),
-        schedule=ScheduleConfig(epochs=70, warmup_epochs=1.0, warmup_lr=1e-5, min_lr=1e-5),
-        batch_size=8,
-        ema_decay=None,
-        processes="auto",
-        log_every=20,
-    ),
-    # Upstream's COCO Mask R-CNN recipe for InternImage-T (set data.root to a COCO folder with
-    # train2017/, val2017/ and annotations/): the dense T backbone (layer scale 1.0, drop path
-    # 0.2) from the released ImageNet weights, AdamW 1e-4 at a total batch of 16 (per 512
-    # images: 1e-4 * 32), weight decay 0.05, 12 epochs with the rate divided by 10 after
-    # epochs 8 and 11, 500 steps of linear warm-up from 0.1% of the peak, images resized to a
-    # shorter side of 800 (longer side at most 1333), flip 0.5, images without annotations
-    # left out of training.
-    "coco-1x": TrainConfig(
-        task="detection",
-        model=ModelConfig(name="internimage_t", pretrained=True, drop_path_rate=0.2,
-                          layer_scale=1.0),
-        data=DataConfig(dataset="coco", train_split="train2017", val_split="val2017",
-                        num_workers=4),
-        detection=DetectionConfig(),
-        optim=OptimConfig(lr=1e-4 * 32, weight_decay=0.05, clip_grad=None),
-        schedule=ScheduleConfig(epochs=12, warmup_steps=500, warmup_lr=1e-4 * 32 * 1e-3,
-                                decay="step", milestones=(8, 11), warmup_epochs=0.0),
-        batch_size=16,
-        ema_decay=None,
-        log_every=50,
-    ),
-    # The detection demo: Mask R-CNN on the main job's network (atto widths, depths 1-1-3-1) on
-    # the Fashion-MNIST scenes written as COCO instances (128 px, 2 to 5 items each). The heads
-    # are sized to the data, as measured on the 2-core CPU (a training step of batch 8 took
-    # 1.9 s with COCO's heads and 512 sampled RoIs per image, 0.58 s with these): FPN 64
-    # channels, box FCs 256, mask convs 64, 64 sampled RoIs, 256 proposals in training and
-    # 100 at test time. Like the segmentation demo it starts from a `fashion-mnist` classifier
-    # (model.finetune): 20 epochs at 1e-3 per step (6.4e-2 per 512 images) reached 54.9 box AP
-    # and 49.3 mask AP on the held-out scenes in 50 minutes at 13 images/s (one epoch: 25.8).
-    "fashion-mnist-scenes-detection": TrainConfig(
-        task="detection",
-        model=ModelConfig(name="internimage_atto", drop_path_rate=0.0, depths=(1, 1, 3, 1)),
-        data=DataConfig(dataset="fashion-mnist-scenes", num_workers=0),
-        detection=DetectionConfig(
-            fpn_channels=64, box_fc_channels=256, mask_convs=4, mask_channels=64,
-            min_sizes=(128,), max_size=128, rpn_batch=128, roi_batch=64, proposals_train=256,
-            proposals_test=100, detections_per_image=50, keep_empty=True,
-        ),
-        optim=OptimConfig(lr=6.4e-2, weight_decay=0.05, clip_grad=5.0),
-        schedule=ScheduleConfig(epochs=20, warmup_epochs=1.0, warmup_lr=1e-5, min_lr=1e-5),
-        batch_size=8,
-        ema_decay=None,
-        processes="auto",
-        log_every=20,
-    ),
-}
+def __getattr__(name: str) -> Any:
+    # PRESETS gathers every task's presets, which need the task packages: built on first use.
+    if name == "PRESETS":
+        presets: dict[str, TrainConfig] = {}
+        for task in TASK_PACKAGES:
+            presets.update(task_settings(task).presets())
+        globals()["PRESETS"] = presets
+        return presets
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-# The 3x recipe: 36 epochs (steps after 27 and 33) with multi-scale training. Upstream's 3x
-# configs draw DETR-style random resize-and-crop policies; here the shorter side is drawn from
-# 480..800 in steps of 32 (no crop), the usual multi-scale approximation.
-PRESETS["coco-3x"] = dataclasses.replace(
-    PRESETS["coco-1x"],
-    detection=DetectionConfig(min_sizes=tuple(range(480, 801, 32))),
-    schedule=dataclasses.replace(PRESETS["coco-1x"].schedule, epochs=36, milestones=(27, 33)),
-)
+
+if TYPE_CHECKING:
+    #: Named starting points for ``internimage train --preset``: every task's presets.
+    PRESETS: dict[str, TrainConfig]
 
 
 def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    return typing.get_type_hints(cls, localns=_section_types())
 
 
 def _is_dataclass_type(tp: Any) -> bool:

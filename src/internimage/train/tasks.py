@@ -20,20 +20,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from internimage.data.augment import MixupCutmix, TrainAugmentation, soft_target_cross_entropy
-from internimage.data.datasets import ImageFolderDataset, collate_skipping_unreadable
-from internimage.data.fashion_mnist import FASHION_MNIST_CLASSES, fashion_mnist_dataset
-from internimage.data.transforms import ResizeCenterCrop, normalize, to_float_images
-from internimage.errors import CheckpointFileError, ConfigError, MissingDependencyError
-from internimage.train.config import DataConfig, ModelConfig, TrainConfig
-from internimage.train.evaluate import evaluate
+from internimage.errors import ConfigError, MissingDependencyError
+from internimage.train.config import TASK_PACKAGES, DataConfig, ModelConfig, TrainConfig
 
 __all__ = [
     "TASKS",
-    "ClassificationTask",
     "Task",
-    "build_datasets",
-    "create_classifier",
     "create_task",
     "groups_with_heads",
     "import_task",
@@ -46,10 +38,6 @@ __all__ = [
 #: ``(images, targets)`` as the task's collate function makes them.
 Batch = tuple[torch.Tensor, torch.Tensor]
 Autocast = Callable[[], AbstractContextManager[Any]]
-
-# Training-time resize of folder images before the on-device random resized crop: a bit larger
-# than the network input so crops keep detail (the usual 224 -> 256 ratio).
-_TRAIN_LOAD_RATIO = 256 / 224
 
 
 class Task:
@@ -223,161 +211,31 @@ def groups_with_heads(
     return [group for group in groups if group["params"]]
 
 
-# ------------------------------------------------------------------------------ classification
+#: ``TrainConfig.task`` -> the task class; each task's ``<package>.task`` module adds its own when
+#: imported (:func:`import_task`).
+TASKS: dict[str, type[Task]] = {}
 
 
-def build_datasets(data: DataConfig) -> tuple[Dataset, Dataset, tuple[str, ...]]:
-    """Training set, validation set and class names of a classification ``data`` config.
-
-    Items are ``(uint8 [C, H, W], label)``; folder images come resized and centre-cropped
-    (training: to about 1.14x the input side, validation: the evaluation transform).
-    """
-    if data.dataset in ("fashion-mnist-subset", "fashion-mnist"):
-        train_set: Dataset = fashion_mnist_dataset(data.dataset, "train", data.root)
-        val_set: Dataset = fashion_mnist_dataset(data.dataset, "test", data.root)
-        classes = FASHION_MNIST_CLASSES
-    elif data.dataset == "folder":
-        if data.root is None:
-            raise ConfigError(
-                "data.dataset='folder' needs data.root (the folder with the splits), e.g. "
-                "--data-root DIR"
-            )
-        root = Path(data.root)
-        load_size = int(round(data.image_size * _TRAIN_LOAD_RATIO))
-        train_set = ImageFolderDataset(
-            root / data.train_split, ResizeCenterCrop(load_size, 1.0, "bilinear")
-        )
-        classes = train_set.classes
-        val_set = ImageFolderDataset(
-            root / data.val_split,
-            ResizeCenterCrop(data.image_size, data.crop_fraction, data.interpolation),
-            classes=classes,
-        )
-    else:
-        raise ConfigError(
-            f"data.dataset={data.dataset!r} is not a classification dataset; use "
-            f"fashion-mnist-subset, fashion-mnist or folder"
-        )
-    if data.train_limit is not None:
-        train_set = torch.utils.data.Subset(train_set, range(min(data.train_limit, len(train_set))))
-    if data.val_limit is not None:
-        val_set = torch.utils.data.Subset(val_set, range(min(data.val_limit, len(val_set))))
-    return train_set, val_set, tuple(classes)
-
-
-def create_classifier(config: TrainConfig, num_classes: int) -> nn.Module:
-    """The model of ``config.model`` with a ``num_classes`` head, fine-tuning weights loaded."""
-    import internimage
-
-    settings = config.model
-    model = internimage.create_model(
-        settings.name,
-        pretrained=settings.pretrained,
-        num_classes=num_classes,
-        drop_path_rate=settings.drop_path_rate,
-        **settings.architecture_overrides(),
-    )
-    if settings.finetune is not None:
-        # Non-strict: the classifier of the source usually has another class count; every other
-        # tensor must match.
-        result = internimage.load_checkpoint(model, settings.finetune, strict=False)
-        skipped = result.missing + tuple(name for name, *_ in result.mismatched)
-        head_only = all(name.startswith("head.") for name in skipped)
-        if not head_only or result.unexpected:
-            raise CheckpointFileError(
-                f"fine-tuning checkpoint {settings.finetune} does not fit {settings.name} beyond "
-                f"its classifier:\n{result.describe()}"
-            )
-    if settings.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    return model
-
-
-class ClassificationTask(Task):
-    """Image classification: cross-entropy on mixed soft targets, top-1/top-5 accuracy."""
-
-    name = "classification"
-    main_metric = "top1"
-    curve_metrics = (("top1", "top-1"), ("top5", "top-5"))
-    curve_label = "validation accuracy (%)"
-
-    def build_datasets(self) -> tuple[Dataset, Dataset]:
-        train_set, val_set, self.classes = build_datasets(self.config.data)
-        return train_set, val_set
-
-    def collate(self, batch: list[Any]) -> Batch:
-        return collate_skipping_unreadable(batch)
-
-    def build_model(self) -> nn.Module:
-        return create_classifier(self.config, len(self.classes))
-
-    def setup(self, device: torch.device) -> None:
-        cfg = self.config
-        self.augment = TrainAugmentation(cfg.augment, cfg.data.image_size).to(device)
-        self.mixer = MixupCutmix(cfg.augment, len(self.classes))
-
-    def training_losses(
-        self, model: nn.Module, batch: Batch, device: torch.device, autocast: Autocast
-    ) -> dict[str, torch.Tensor]:
-        cfg = self.config
-        images, labels = batch
-        x = to_float_images(images.to(device, non_blocking=True), cfg.data.image_size)
-        labels = labels.to(device, non_blocking=True)
-        x = self.augment(x)
-        x = self.augment.erase(normalize(x, cfg.data.mean, cfg.data.std))
-        x, targets = self.mixer(x, labels)
-        with autocast():
-            logits = model(x)
-        return {"loss": soft_target_cross_entropy(logits, targets)}
-
-    def evaluate(
-        self,
-        model: nn.Module,
-        loader: Iterable[Batch],
-        device: torch.device,
-        amp_dtype: torch.dtype | None,
-    ) -> dict[str, float]:
-        data = self.config.data
-        result = evaluate(model, loader, device=device, image_size=data.image_size,
-                          mean=data.mean, std=data.std, amp_dtype=amp_dtype)
-        return {"loss": result["loss"], "top1": result["top1"], "top5": result["top5"]}
-
-    def describe(self, metrics: dict[str, float]) -> str:
-        return f"top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}%"
-
-    def checkpoint_metadata(self) -> dict[str, Any]:
-        data = self.config.data
-        return {
-            "classes": list(self.classes),
-            "image_size": data.image_size,
-            "mean": list(data.mean),
-            "std": list(data.std),
-            "crop_fraction": data.crop_fraction,
-            "interpolation": data.interpolation,
-        }
-
-
-#: ``TrainConfig.task`` -> the task class.
-TASKS: dict[str, type[Task]] = {ClassificationTask.name: ClassificationTask}
-
-
-# Task -> (its module, which registers it; the extra; the packages that extra brings).
-_EXTRAS = {"segmentation": ("internimage.segmentation.task", "seg", ("transformers",)),
-           "detection": ("internimage.detection.task", "det", ("torchvision", "pycocotools"))}
+# Task -> (the extra it needs; the packages that extra brings). Classification needs none.
+_EXTRAS = {"segmentation": ("seg", ("transformers",)),
+           "detection": ("det", ("torchvision", "pycocotools"))}
 
 
 def import_task(name: str) -> None:
-    """Import the module of a task that needs an extra (``segmentation``: transformers,
-    ``detection``: torchvision and pycocotools), which registers it in :data:`TASKS`.
+    """Import the module of a task (``internimage.<task>.task``), which registers it in
+    :data:`TASKS`. Segmentation needs the ``seg`` extra (transformers), detection the ``det``
+    extra (torchvision and pycocotools).
 
     Raises:
         MissingDependencyError: A package of its extra is not installed (the message says
             which ``pip install`` brings it).
     """
-    module, extra, packages = _EXTRAS[name]
     try:
-        importlib.import_module(module)
+        importlib.import_module(f"{TASK_PACKAGES[name]}.task")
     except ModuleNotFoundError as error:
+        if name not in _EXTRAS:
+            raise
+        extra, packages = _EXTRAS[name]
         if error.name is None or error.name.split(".")[0] not in packages:
             raise
         raise MissingDependencyError(
@@ -391,8 +249,8 @@ def create_task(config: TrainConfig) -> Task:
     Raises:
         ConfigError: Unknown task (or its extra is not installed).
     """
-    if config.task not in TASKS and config.task in _EXTRAS:
+    if config.task not in TASKS and config.task in TASK_PACKAGES:
         import_task(config.task)
     if config.task not in TASKS:
-        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {config.task!r}")
+        raise ConfigError(f"task must be one of {', '.join(TASK_PACKAGES)}, got {config.task!r}")
     return TASKS[config.task](config)

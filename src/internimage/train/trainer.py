@@ -45,7 +45,6 @@ from internimage.train.distributed import (
     resolve_device,
 )
 from internimage.train.ema import ModelEma
-from internimage.train.evaluate import autocast_context
 from internimage.train.launch import (
     LOCAL_WORKERS_ENV,
     local_worker_count,
@@ -53,10 +52,11 @@ from internimage.train.launch import (
     run_local_workers,
 )
 from internimage.train.metrics import MetricLog, plot_curves
+from internimage.train.precision import autocast_context, resolve_amp
 from internimage.train.schedule import WarmupCosineSchedule, scaled_lr
 from internimage.train.tasks import Task, create_task, without_starting_weights
 
-__all__ = ["RUN_FILES", "RunResult", "Trainer", "claim_run_dir", "resolve_amp"]
+__all__ = ["RUN_FILES", "RunResult", "Trainer", "claim_run_dir"]
 
 #: What a run writes into its folder; any of them there means the folder holds a run.
 RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.csv", "train_steps.csv", "curves.png")
@@ -81,23 +81,6 @@ def claim_run_dir(run_dir: Path, *, overwrite: bool) -> None:
     for name in present:
         (run_dir / name).unlink()
     shutil.rmtree(run_dir / _TENSORBOARD_DIR, ignore_errors=True)
-
-
-def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """Autocast dtype and whether a GradScaler is needed for the ``amp`` setting on ``device``."""
-    if amp == "none":
-        return None, False
-    if amp == "auto":
-        if device.type != "cuda":
-            return None, False
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16, False
-        return torch.float16, True
-    if amp == "bf16":
-        return torch.bfloat16, False
-    if device.type != "cuda":
-        raise ConfigError("amp='fp16' needs a CUDA device; use 'bf16' on CPU")
-    return torch.float16, True
 
 
 @dataclass(frozen=True)

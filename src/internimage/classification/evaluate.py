@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -13,15 +12,9 @@ from internimage.data.transforms import normalize, to_float_images
 from internimage.errors import DataError
 from internimage.train.distributed import all_reduce_sum
 from internimage.train.metrics import topk_correct
+from internimage.train.precision import autocast_context
 
-__all__ = ["autocast_context", "evaluate", "prepare_batch"]
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype | None):
-    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op context for full precision."""
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+__all__ = ["evaluate", "prepare_batch"]
 
 
 def prepare_batch(

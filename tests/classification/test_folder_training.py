@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from internimage.data import UnreadableImageWarning
+from internimage.classification.data import UnreadableImageWarning
 from internimage.train import PRESETS, Trainer, apply_overrides, load_training_checkpoint
 
 

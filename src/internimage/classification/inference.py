@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from internimage.data.imagenet import imagenet_classes
+from internimage.classification.imagenet import imagenet_classes
 from internimage.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ResizeCenterCrop
 from internimage.errors import UsageError
 from internimage.models.checkpoint import read_checkpoint

@@ -1,24 +1,41 @@
-"""Map-style datasets: in-memory image arrays and class-per-folder image trees."""
+"""Classification data: in-memory image arrays, class-per-folder image trees, Fashion-MNIST, and
+the training and validation sets of a ``data`` config."""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from internimage.data.fashion_mnist import (
+    FASHION_MNIST_CLASSES,
+    load_bundled_subset,
+    load_fashion_mnist,
+)
 from internimage.data.images import to_rgb8
-from internimage.errors import DataError, DataWarning, MissingFileError
+from internimage.data.transforms import ResizeCenterCrop
+from internimage.errors import ConfigError, DataError, DataWarning, MissingFileError
+
+if TYPE_CHECKING:
+    from internimage.train.config import DataConfig
 
 __all__ = [
     "ArrayImageDataset",
     "ImageFolderDataset",
     "UnreadableImageWarning",
+    "build_datasets",
     "collate_skipping_unreadable",
+    "fashion_mnist_dataset",
 ]
+
+# Training-time resize of folder images before the on-device random resized crop: a bit larger
+# than the network input so crops keep detail (the usual 224 -> 256 ratio).
+_TRAIN_LOAD_RATIO = 256 / 224
 
 
 class UnreadableImageWarning(DataWarning):
@@ -147,3 +164,66 @@ def collate_skipping_unreadable(
     if not kept:
         return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
     return default_collate(kept)
+
+
+def fashion_mnist_dataset(
+    name: str, split: str, root: str | Path | None = None
+) -> ArrayImageDataset:
+    """One split of Fashion-MNIST as a dataset of ``(uint8 [1, 28, 28], label)`` items.
+
+    Args:
+        name: ``"fashion-mnist-subset"`` (bundled with the package) or ``"fashion-mnist"``
+            (the full IDX files under ``root``, found as
+            :func:`~internimage.data.fashion_mnist.find_fashion_mnist_root` does).
+        split: ``"train"`` or ``"test"``.
+        root: Folder of the full IDX files (ignored for the bundled subset).
+    """
+    if name == "fashion-mnist-subset":
+        arrays = load_bundled_subset(split)
+    elif name == "fashion-mnist":
+        arrays = load_fashion_mnist(root, split)
+    else:
+        raise ValueError(
+            f"unknown Fashion-MNIST dataset {name!r}; expected 'fashion-mnist-subset' or "
+            f"'fashion-mnist'"
+        )
+    return ArrayImageDataset(*arrays, FASHION_MNIST_CLASSES)
+
+
+def build_datasets(data: DataConfig) -> tuple[Dataset, Dataset, tuple[str, ...]]:
+    """Training set, validation set and class names of a classification ``data`` config.
+
+    Items are ``(uint8 [C, H, W], label)``; folder images come resized and centre-cropped
+    (training: to about 1.14x the input side, validation: the evaluation transform).
+    """
+    if data.dataset in ("fashion-mnist-subset", "fashion-mnist"):
+        train_set: Dataset = fashion_mnist_dataset(data.dataset, "train", data.root)
+        val_set: Dataset = fashion_mnist_dataset(data.dataset, "test", data.root)
+        classes = FASHION_MNIST_CLASSES
+    elif data.dataset == "folder":
+        if data.root is None:
+            raise ConfigError(
+                "data.dataset='folder' needs data.root (the folder with the splits), e.g. "
+                "--data-root DIR"
+            )
+        root = Path(data.root)
+        load_size = int(round(data.image_size * _TRAIN_LOAD_RATIO))
+        train_set = ImageFolderDataset(
+            root / data.train_split, ResizeCenterCrop(load_size, 1.0, "bilinear")
+        )
+        classes = train_set.classes
+        val_set = ImageFolderDataset(
+            root / data.val_split,
+            ResizeCenterCrop(data.image_size, data.crop_fraction, data.interpolation),
+            classes=classes,
+        )
+    else:
+        raise ConfigError(
+            f"data.dataset={data.dataset!r} is not a classification dataset; use "
+            f"fashion-mnist-subset, fashion-mnist or folder"
+        )
+    if data.train_limit is not None:
+        train_set = torch.utils.data.Subset(train_set, range(min(data.train_limit, len(train_set))))
+    if data.val_limit is not None:
+        val_set = torch.utils.data.Subset(val_set, range(min(data.val_limit, len(val_set))))
+    return train_set, val_set, tuple(classes)

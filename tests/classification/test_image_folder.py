@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from internimage.data import (
+from internimage.classification.data import (
     ImageFolderDataset,
-    ResizeCenterCrop,
     UnreadableImageWarning,
     collate_skipping_unreadable,
 )
+from internimage.data import ResizeCenterCrop
 
 
 def _make_tree(root: Path) -> Path:

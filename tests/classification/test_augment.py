@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from internimage.data import (
+from internimage.classification.augment import (
     AugmentConfig,
     MixupCutmix,
     TrainAugmentation,
     smooth_one_hot,
     soft_target_cross_entropy,
-    to_float_images,
 )
+from internimage.data import to_float_images
 
 
 def test_train_augmentation_shapes_range_and_seeding() -> None:
