@@ -23,6 +23,22 @@ def golden_dir() -> Path:
         )
     return GOLDEN_DIR
 
+MANIFESTS_DIR = Path(
+    os.environ.get("INTERNIMAGE_MANIFESTS",
+                   Path(__file__).resolve().parents[2] / "shared" / "manifests")
+)
+
+
+@pytest.fixture(scope="session")
+def manifests_dir() -> Path:
+    """Folder of the released checkpoints' key manifests; skips where it is absent."""
+    if not (MANIFESTS_DIR / "catalog.json").is_file():
+        pytest.skip(
+            f"checkpoint manifests not found at {MANIFESTS_DIR} (set INTERNIMAGE_MANIFESTS to "
+            f"the folder); they ship beside the repository in CI, not with the package"
+        )
+    return MANIFESTS_DIR
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:

@@ -27,12 +27,12 @@ def offline_hub(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
 
 
-def hub_snapshot(cache: Path, revision: str = "1" * 40) -> Path:
-    """The snapshot folder of the weights repository in ``cache``, made the ``main`` revision;
-    files put there are what ``released_file`` finds offline."""
-    repo = cache / f"models--{HUB_REPO.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(revision)
-    snapshot = repo / "snapshots" / revision
+def hub_snapshot(cache: Path, revision: str = "1" * 40, *, repo: str = HUB_REPO) -> Path:
+    """The snapshot folder of a weights repository (default: InternImage's) in ``cache``, made
+    the ``main`` revision; files put there are what ``released_file`` finds offline."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(revision)
+    snapshot = folder / "snapshots" / revision
     snapshot.mkdir(parents=True, exist_ok=True)
     return snapshot

@@ -22,6 +22,9 @@ _EXPORTS = {
     "count_macs": "internimage.models",
     "create_model": "internimage.models",
     "export_onnx": "internimage.export",
+    "find_release": "internimage.catalog",
+    "list_pretrained": "internimage.catalog",
+    "verify_checkpoint": "internimage.catalog",
     "list_models": "internimage.models",
     "load_checkpoint": "internimage.models",
     "scaled_config": "internimage.models",
@@ -39,13 +42,17 @@ __all__ = [
     "count_macs",
     "create_model",
     "export_onnx",
+    "find_release",
     "list_models",
+    "list_pretrained",
     "load_checkpoint",
     "scaled_config",
     "stacking_config",
+    "verify_checkpoint",
 ]
 
 if TYPE_CHECKING:
+    from internimage.catalog import find_release, list_pretrained, verify_checkpoint
     from internimage.export import export_onnx
     from internimage.models import (
         PRETRAINED,

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from catalog_rows import add_release, tiny_release
 from hub_cache import hub_snapshot, offline_hub
 
 pytest.importorskip("torchvision", reason="the det extra is not installed")
 
+from internimage.catalog import RELEASES, list_pretrained  # noqa: E402
 from internimage.detection import (  # noqa: E402
     COCO_CATEGORY_IDS,
     COCO_CLASSES,
-    COCO_MODELS,
-    DetectionWeights,
     create_detection_model,
 )
 from internimage.errors import UsageError, WeightsUnavailableError  # noqa: E402
@@ -25,12 +25,26 @@ from internimage.errors import UsageError, WeightsUnavailableError  # noqa: E402
 PUBLISHED_MILLIONS = {"t": 49, "s": 69, "b": 115}
 
 
-@pytest.mark.parametrize("name", sorted(COCO_MODELS))
+MASK_RCNN = list_pretrained(family="internimage", method="mask_rcnn")
+
+
+def test_every_released_internimage_mask_rcnn_is_built() -> None:
+    assert [RELEASES[n].name for n in MASK_RCNN] == [
+        f"mask_rcnn_internimage_{k}_fpn_{x}_coco" for k in "tsb" for x in ("1x", "3x")]
+    assert all(RELEASES[n].buildable for n in MASK_RCNN)
+
+
+@pytest.mark.parametrize("name", MASK_RCNN)
 def test_presets_have_the_published_size(name: str) -> None:
+    release = RELEASES[name]
     with torch.device("meta"):
         model = create_detection_model(name)
+        # The name used before the catalogue builds the same model.
+        letter, schedule = release.variant.rsplit("_", 1)[1], name.split("_")[-2]
+        old = create_detection_model(f"mask_rcnn_internimage_{letter}_{schedule}_coco")
+    assert [(k, v.shape) for k, v in old.state_dict().items()] == [
+        (k, v.shape) for k, v in model.state_dict().items()]
     millions = sum(p.numel() for p in model.parameters()) / 1e6
-    letter = COCO_MODELS[name].variant.rsplit("_", 1)[1]
     assert millions == pytest.approx(PUBLISHED_MILLIONS[letter], rel=0.02), millions
     assert model.roi_heads.box_predictor.cls_score.out_features == 81
     assert model.transform.min_size == (800,) and model.transform.max_size == 1333
@@ -89,9 +103,9 @@ def _mmdet_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def test_released_weights_load_from_the_hub_cache_offline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tiny = DetectionWeights("tiny_coco", "internimage_atto", "tiny_coco.pth", "1x", (0.0, 0.0),
-                            (("depths", [1, 1, 1, 1]), ("layer_scale", 1.0)))
-    monkeypatch.setitem(COCO_MODELS, tiny.name, tiny)
+    tiny = tiny_release("tiny_mask_rcnn_coco", like="mask_rcnn_internimage_t_fpn_1x_coco",
+                        layer_scale=1.0)
+    add_release(monkeypatch, tiny)
     source = create_detection_model(tiny.name).eval()
     with torch.no_grad():
         for p in source.parameters():
@@ -103,12 +117,13 @@ def test_released_weights_load_from_the_hub_cache_offline(
         source.roi_heads.mask_predictor.mask_fcn_logits.bias[:1] = 0
     cache = tmp_path / "hub"
     offline_hub(monkeypatch, cache)
-    with pytest.raises(WeightsUnavailableError, match=r"tiny_coco\.pth.*Hugging Face cache"):
+    with pytest.raises(WeightsUnavailableError,
+                       match=r"tiny_mask_rcnn_coco\.pth.*Hugging Face cache"):
         create_detection_model(tiny.name, pretrained=True)
 
     snapshot = hub_snapshot(cache)
     torch.save({"meta": {}, "state_dict": _mmdet_keys(source.state_dict())},
-               snapshot / tiny.file_name)
+               snapshot / tiny.file)
     loaded = create_detection_model(tiny.name, pretrained=True)
     assert not loaded.training
     for key, value in source.state_dict().items():
@@ -118,13 +133,19 @@ def test_released_weights_load_from_the_hub_cache_offline(
         for (a_name, a), (b_name, b) in zip(loaded.backbone(x).items(),
                                             source.backbone(x).items(), strict=True):
             assert a_name == b_name and torch.equal(a, b)
-    local = create_detection_model(tiny.name, pretrained=snapshot / tiny.file_name)
+    local = create_detection_model(tiny.name, pretrained=snapshot / tiny.file)
     assert torch.equal(local.rpn.head.cls_logits.weight, source.rpn.head.cls_logits.weight)
 
 
 def test_bad_requests_are_named() -> None:
-    with pytest.raises(UsageError, match="unknown detection model 'mask_rcnn_x'.*available"):
+    with pytest.raises(UsageError, match="no released checkpoint is called 'mask_rcnn_x'"):
         create_detection_model("mask_rcnn_x")
-    with pytest.raises(UsageError, match="80 COCO classes, not 3"):
+    with pytest.raises(UsageError, match="80 classes, not 3"):
         create_detection_model("mask_rcnn_internimage_t_1x_coco", pretrained=True,
                                num_classes=3)
+    with pytest.raises(UsageError, match="upernet_internimage_t_512_160k_ade20k is a semantic "
+                                         "segmentation model, not a detector"):
+        create_detection_model("upernet_internimage_t_512_160k_ade20k")
+    with pytest.raises(UsageError, match=r"Cascade Mask R-CNN model \(backbone InternImage-L\), "
+                                         r"which this library cannot build yet"):
+        create_detection_model("cascade_internimage_l_fpn_3x_coco")

@@ -8,23 +8,22 @@ from pathlib import Path
 import pytest
 import torch
 
+from catalog_rows import add_release, tiny_release
 from hub_cache import hub_snapshot, offline_hub
 
 pytest.importorskip("transformers", reason="the seg extra is not installed")
 
 from safetensors.torch import load_file  # noqa: E402
 
-from internimage.errors import ConfigError, WeightsUnavailableError  # noqa: E402
+from internimage.catalog import RELEASES, list_pretrained  # noqa: E402
+from internimage.errors import ConfigError, UsageError, WeightsUnavailableError  # noqa: E402
 from internimage.models import CheckpointMismatchError  # noqa: E402
 from internimage.ops import use_backend  # noqa: E402
 from internimage.segmentation import (  # noqa: E402
-    ADE20K_MODELS,
-    SegmentationWeights,
     create_segmentation_model,
     from_mmseg,
     upernet_from_mmseg_config,
 )
-from internimage.segmentation import pretrained as seg_pretrained  # noqa: E402
 
 PARTS = ("backbone", "decode_head", "auxiliary_head")
 
@@ -87,14 +86,32 @@ def test_configs_transformers_cannot_express_are_refused(
 
 
 def test_the_released_models_have_the_published_sizes() -> None:
+    # Upstream's README: UperNet T/S/B/L/XL/H 59M, 80M, 128M, 256M, 368M, 1.12B parameters.
     published = {"t": 59, "s": 80, "b": 128, "l": 256, "xl": 368, "h": 1120}  # millions
-    assert set(ADE20K_MODELS) == {f"upernet_internimage_{k}_ade20k" for k in published}
-    for key, millions in published.items():
+    names = list_pretrained(family="internimage", method="upernet", classes="ade20k")
+    assert [RELEASES[n].variant for n in names] == [f"internimage_{k}" for k in published]
+    for name, (key, millions) in zip(names, published.items(), strict=True):
         with torch.device("meta"):
-            model = create_segmentation_model(f"upernet_internimage_{key}_ade20k")
+            model = create_segmentation_model(name)
+            # The name used before the catalogue, and the file name, build the same model.
+            for alias in (f"upernet_internimage_{key}_ade20k", RELEASES[name].file):
+                assert create_segmentation_model(alias).config.to_dict() == model.config.to_dict()
         params = sum(p.numel() for p in model.parameters()) / 1e6
         assert params == pytest.approx(millions, rel=0.01), key
         assert model.config.num_labels == 150
+
+
+def test_other_tasks_and_unbuilt_models_are_refused_by_name() -> None:
+    with pytest.raises(UsageError, match="internimage_t_1k_224 is a classification model"):
+        create_segmentation_model("internimage_t_1k_224")
+    with pytest.raises(UsageError, match=r"a Mask2Former model \(backbone InternImage-H\), "
+                                         r"which this library cannot build yet"):
+        create_segmentation_model("mask2former_internimage_h_480_40k_nyu")
+    with pytest.raises(UsageError, match="no released checkpoint is called 'upernet_x'"):
+        create_segmentation_model("upernet_x")
+    with pytest.raises(UsageError, match="150 outputs, not 19"):
+        create_segmentation_model("upernet_internimage_t_512x1024_160k_cityscapes",
+                                  pretrained=True, num_classes=19)
 
 
 def _mmseg_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -109,30 +126,31 @@ def _mmseg_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+@pytest.mark.parametrize("hub_repo", ["OpenGVLab/InternImage", "OpenGVLab/DCNv4"])
 def test_released_weights_load_from_the_hub_cache_offline(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_repo: str
 ) -> None:
-    tiny = SegmentationWeights("tiny_ade20k", "internimage_atto", "tiny_ade20k.pth", 64,
-                               (0.0, 0.0), (("depths", [1, 1, 1, 1]), ("layer_scale", 1.0)),
-                               head_channels=16, auxiliary_channels=8)
-    monkeypatch.setitem(ADE20K_MODELS, tiny.name, tiny)
+    tiny = tiny_release("tiny_upernet_ade20k", like="upernet_internimage_t_512_160k_ade20k",
+                        hub_repo=hub_repo, layer_scale=1.0)
+    add_release(monkeypatch, tiny)
     source = create_segmentation_model(tiny.name).eval()
     with torch.no_grad():
         for p in source.parameters():
             p.add_(torch.randn_like(p) * 0.01)
     cache = tmp_path / "hub"
     offline_hub(monkeypatch, cache)
-    with pytest.raises(WeightsUnavailableError, match=r"tiny_ade20k\.pth.*Hugging Face cache"):
+    with pytest.raises(WeightsUnavailableError,
+                       match=rf"tiny_upernet_ade20k\.pth of {hub_repo}.*Hugging Face cache"):
         create_segmentation_model(tiny.name, pretrained=True)
 
-    snapshot = hub_snapshot(cache)
+    snapshot = hub_snapshot(cache, repo=hub_repo)
     torch.save({"meta": {}, "state_dict": _mmseg_keys(source.state_dict())},
-               snapshot / tiny.file_name)
-    loaded = create_segmentation_model(tiny.name, pretrained=True)
+               snapshot / tiny.file)
+    loaded = create_segmentation_model(tiny.file, pretrained=True)
+    assert not loaded.training
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x).logits, source(x).logits)
-    local = create_segmentation_model(tiny.name, pretrained=snapshot / tiny.file_name)
+    local = create_segmentation_model(tiny.name, pretrained=snapshot / tiny.file)
     with torch.no_grad():
         assert torch.equal(local(x).logits, source(x).logits)
-    assert seg_pretrained.ADE20K_MODELS is ADE20K_MODELS

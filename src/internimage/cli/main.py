@@ -27,7 +27,8 @@ __all__ = ["EXIT_INTERRUPTED", "build_parser", "main"]
 
 # Each module defines ``add_parser(subparsers) -> None`` which registers its sub-command and sets
 # ``func`` (taking the parsed namespace, returning an exit code) as a default.
-_COMMAND_MODULES = ("info", "train", "evaluate", "predict", "visualize", "bench", "export")
+_COMMAND_MODULES = ("info", "releases", "verify", "train", "evaluate", "predict", "visualize",
+                    "bench", "export")
 
 #: Exit status after Ctrl-C (128 + SIGINT, as shells report it).
 EXIT_INTERRUPTED = 130

@@ -41,7 +41,8 @@ def load_detector(
 
     Args:
         checkpoint: A detection training checkpoint of this library.
-        pretrained: A released model name (``internimage.detection.COCO_MODELS``).
+        pretrained: A released COCO detector's name (``internimage list --task
+            instance_segmentation``).
         use_ema: Take the EMA weights of a training checkpoint.
         device: Where to put the model.
 
@@ -49,10 +50,10 @@ def load_detector(
         UsageError: Both or neither source, another task's checkpoint, missing EMA weights.
         WeightsUnavailableError: Released weights neither cached nor downloadable.
     """
+    from internimage.catalog.table import find_release
     from internimage.detection.pretrained import (
         COCO_CATEGORY_IDS,
         COCO_CLASSES,
-        COCO_MODELS,
         create_detection_model,
     )
     from internimage.train.tasks import load_task_checkpoint
@@ -61,14 +62,13 @@ def load_detector(
         raise UsageError("give exactly one of a checkpoint or a pretrained model name")
     device = torch.device(device)
     if pretrained is not None:
-        if pretrained not in COCO_MODELS:
-            raise UsageError(
-                f"no released detection model {pretrained!r}; choose from "
-                f"{', '.join(COCO_MODELS)}"
-            )
+        release = find_release(pretrained)
+        if release.task in ("instance_segmentation", "detection") and release.classes != "coco":
+            raise UsageError(f"{release.name} predicts {release.classes} classes; inference "
+                             f"here runs COCO models only")
         if use_ema:
             raise UsageError("released models have no EMA weights; drop --ema")
-        model = create_detection_model(pretrained, pretrained=True)
+        model = create_detection_model(release.name, pretrained=True)
         return LoadedDetector(model=model.to(device).eval(), classes=COCO_CLASSES,
                               category_ids=COCO_CATEGORY_IDS)
     task, model, payload = load_task_checkpoint(checkpoint, "detection", use_ema=use_ema)

@@ -1,22 +1,32 @@
-"""The released InternImage Mask R-CNN COCO models, by name, with their weights from the hub;
-COCO's class names and category ids."""
+"""The released InternImage Mask R-CNN models, by name, with their weights from the hub; COCO's
+class names and category ids.
+
+Which files exist, and what each was trained on, is the catalogue's
+(:mod:`internimage.catalog`); this module builds the detector of a release from upstream's
+mmdet settings.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from torchvision.models.detection import MaskRCNN
 
-from internimage.detection.mmdet import from_mmdet, mask_rcnn_from_mmdet_config
+from internimage.catalog.builders import (
+    BUILDERS,
+    BuiltModel,
+    build_release,
+    dense_backbone,
+    load_release_weights,
+)
+from internimage.catalog.table import Release, find_release
+from internimage.detection.mmdet import convert_mmdet_state_dict, mask_rcnn_from_mmdet_config
 from internimage.detection.model import DetectorSettings
 from internimage.errors import UsageError
-from internimage.models.pretrained import dense_backbone_arguments, released_file
 
-__all__ = ["COCO_CATEGORY_IDS", "COCO_CLASSES", "COCO_MODELS", "DetectionWeights",
-           "create_detection_model"]
+__all__ = ["COCO_CATEGORY_IDS", "COCO_CLASSES", "create_detection_model", "mask_rcnn_for_release",
+           "mask_rcnn_model_config"]
 
 #: COCO's 80 object classes, in category-id order (model label k + 1 is class k).
 COCO_CLASSES: tuple[str, ...] = (
@@ -40,97 +50,81 @@ COCO_CATEGORY_IDS: tuple[int, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class DetectionWeights:
-    """A released COCO Mask R-CNN model.
+# Upstream's Mask R-CNN configs: FPN of 256 channels over the four stages with five outputs,
+# RPN with one scale (8) and three ratios, two shared FCs of 1024, a mask head of 4 convs.
+def mask_rcnn_model_config(release: Release, num_classes: int) -> dict[str, Any]:
+    """The ``model`` dict of the release's upstream mmdet config, as :func:`from_mmdet` takes
+    it."""
+    backbone = dense_backbone(release)
+    widths = [backbone["channels"] * 2**i for i in range(4)]
+    return {
+        "backbone": backbone,
+        "neck": {"in_channels": widths, "out_channels": 256, "num_outs": 5},
+        "rpn_head": {"in_channels": 256, "feat_channels": 256,
+                     "anchor_generator": {"scales": [8], "ratios": [0.5, 1.0, 2.0],
+                                          "strides": [4, 8, 16, 32, 64]}},
+        "roi_head": {
+            "bbox_head": {"in_channels": 256, "fc_out_channels": 1024, "roi_feat_size": 7,
+                          "num_classes": num_classes},
+            "mask_head": {"num_convs": 4, "in_channels": 256, "conv_out_channels": 256,
+                          "num_classes": num_classes},
+        },
+    }
 
-    Attributes:
-        name: Name for :func:`create_detection_model`.
-        variant: The backbone variant.
-        file_name: The mmdet checkpoint in the hub repository
-            :data:`~internimage.models.pretrained.HUB_REPO`.
-        schedule: ``"1x"`` (12 epochs) or ``"3x"`` (36 epochs, multi-scale training).
-        ap: Published COCO val2017 box AP and mask AP.
-        backbone_overrides: Backbone settings of the dense config that differ from the
-            classifier's (InternImage-T has layer scale 1.0 there, the classifier none).
+
+def mask_rcnn_for_release(
+    release: Release, num_classes: int, settings: DetectorSettings | None = None
+) -> BuiltModel:
+    """The torchvision Mask R-CNN of an upstream Mask R-CNN release (random weights) and its
+    key conversion.
+
+    Args:
+        release: The release.
+        num_classes: Object classes (the model has one more: the background).
+        settings: Resizing and post-processing (default: upstream's COCO test settings).
     """
-
-    name: str
-    variant: str
-    file_name: str
-    schedule: str
-    ap: tuple[float, float]
-    backbone_overrides: tuple[tuple[str, Any], ...] = ()
-
-    def model_config(self, num_classes: int = 80) -> dict[str, Any]:
-        """The ``model`` dict of the upstream mmdet config, as :func:`from_mmdet` takes it."""
-        backbone = dense_backbone_arguments(self.variant, self.backbone_overrides)
-        widths = [backbone["channels"] * 2**i for i in range(4)]
-        return {
-            "backbone": backbone,
-            "neck": {"in_channels": widths, "out_channels": 256, "num_outs": 5},
-            "rpn_head": {"in_channels": 256, "feat_channels": 256,
-                         "anchor_generator": {"scales": [8], "ratios": [0.5, 1.0, 2.0],
-                                              "strides": [4, 8, 16, 32, 64]}},
-            "roi_head": {
-                "bbox_head": {"in_channels": 256, "fc_out_channels": 1024, "roi_feat_size": 7,
-                              "num_classes": num_classes},
-                "mask_head": {"num_convs": 4, "in_channels": 256, "conv_out_channels": 256,
-                              "num_classes": num_classes},
-            },
-        }
-
-
-def _weights(variant: str, schedule: str, ap: tuple[float, float]) -> DetectionWeights:
-    letter = variant.rsplit("_", 1)[1]
-    overrides = (("layer_scale", 1.0),) if letter == "t" else ()
-    return DetectionWeights(
-        f"mask_rcnn_internimage_{letter}_{schedule}_coco", variant,
-        f"mask_rcnn_internimage_{letter}_fpn_{schedule}_coco.pth", schedule, ap, overrides,
-    )
-
-
-COCO_MODELS: dict[str, DetectionWeights] = {
-    w.name: w
-    for w in (
-        _weights("internimage_t", "1x", (47.2, 42.5)),
-        _weights("internimage_t", "3x", (49.1, 43.7)),
-        _weights("internimage_s", "1x", (47.8, 43.3)),
-        _weights("internimage_s", "3x", (49.7, 44.5)),
-        _weights("internimage_b", "1x", (48.8, 44.0)),
-        _weights("internimage_b", "3x", (50.3, 44.8)),
-    )
-}
+    model, _ = mask_rcnn_from_mmdet_config(mask_rcnn_model_config(release, num_classes),
+                                           settings=settings)
+    return BuiltModel(model, convert_mmdet_state_dict)
 
 
 def create_detection_model(
     name: str,
     *,
     pretrained: bool | str | os.PathLike[str] = False,
-    num_classes: int = 80,
+    num_classes: int | None = None,
     settings: DetectorSettings | None = None,
 ) -> MaskRCNN:
-    """A released COCO Mask R-CNN by name (see :data:`COCO_MODELS`).
+    """A released detector by name (``internimage list --task instance_segmentation``).
 
     Args:
-        name: E.g. ``"mask_rcnn_internimage_t_1x_coco"``.
+        name: The release's name, file name or alias, e.g.
+            ``"mask_rcnn_internimage_t_fpn_1x_coco"`` or ``"mask_rcnn_internimage_t_1x_coco"``.
         pretrained: False (random weights), True (the released mmdet checkpoint through the
             Hugging Face cache; works offline when cached), or the path of that checkpoint.
-        num_classes: Object classes of a model without weights (the released ones have 80).
+        num_classes: Object classes of a model without weights (default: the release's).
         settings: Resizing and post-processing (default: upstream's COCO test settings).
 
+    Returns:
+        The model, in eval mode when weights were loaded.
+
     Raises:
-        UsageError: Unknown name, or released weights asked for with another class count.
+        UsageError: Unknown name, not a detector, a model not built yet, or released weights
+            asked for with another class count.
         WeightsUnavailableError: The weights are neither cached nor downloadable.
     """
-    if name not in COCO_MODELS:
-        raise UsageError(f"unknown detection model {name!r}; available: {', '.join(COCO_MODELS)}")
-    weights = COCO_MODELS[name]
+    release = find_release(name)
+    if release.task not in ("instance_segmentation", "detection"):
+        raise UsageError(f"{release.name} is a {release.task.replace('_', ' ')} model, not a "
+                         f"detector")
+    if release.builder not in BUILDERS:
+        build_release(release)  # raises, saying that it is not built yet
+    if pretrained is not False and num_classes not in (None, release.num_classes):
+        raise UsageError(f"the released weights of {release.name} have {release.num_classes} "
+                         f"classes, not {num_classes}")
+    classes = release.num_classes if num_classes is None else num_classes
+    built = mask_rcnn_for_release(release, classes, settings)
     if pretrained is False:
-        model, _ = mask_rcnn_from_mmdet_config(weights.model_config(num_classes),
-                                               settings=settings)
-        return model
-    if num_classes != 80:
-        raise UsageError(f"the released weights of {name} have 80 COCO classes, not {num_classes}")
-    path = released_file(weights.file_name) if pretrained is True else Path(pretrained)
-    return from_mmdet(path, weights.model_config(), settings=settings)
+        return built.model
+    load_release_weights(built, release, pretrained)
+    return built.model.eval()

@@ -8,10 +8,8 @@ import re
 import socket
 import threading
 import urllib.parse
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from internimage.errors import (
     MissingDependencyError,
@@ -22,7 +20,7 @@ from internimage.errors import (
 
 __all__ = [
     "HUB_REPO",
-    "dense_backbone_arguments",
+    "classification_weights",
     "PRETRAINED",
     "PretrainedWeights",
     "download_checkpoint",
@@ -40,11 +38,11 @@ _HUB_URL = re.compile(r"^(https?://[^/]+)/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
 
 @dataclass(frozen=True)
 class PretrainedWeights:
-    """A released checkpoint and its evaluation preprocessing.
+    """A released classification checkpoint and its evaluation preprocessing.
 
     Attributes:
         variant: Model name it belongs to.
-        file_name: File in :data:`HUB_REPO`.
+        file_name: File in ``hub_repo``.
         input_size: ``(3, S, S)`` evaluation input.
         crop_fraction: Centre-crop fraction (resize the shorter side to S / fraction, crop S).
         interpolation: Resize interpolation.
@@ -52,6 +50,8 @@ class PretrainedWeights:
         std: Normalisation std.
         num_classes: Classifier outputs.
         license: Licence of the weights.
+        hub_repo: Hugging Face repository of the file.
+        release: The file's name in the catalogue (:mod:`internimage.catalog`).
     """
 
     variant: str
@@ -63,25 +63,47 @@ class PretrainedWeights:
     std: tuple[float, float, float] = _IMAGENET_STD
     num_classes: int = 1000
     license: str = "MIT"
+    hub_repo: str = HUB_REPO
+    release: str | None = None
 
     @property
     def url(self) -> str:
         """Download address on the Hugging Face hub."""
-        return f"https://huggingface.co/{HUB_REPO}/resolve/main/{self.file_name}"
+        return f"https://huggingface.co/{self.hub_repo}/resolve/main/{self.file_name}"
 
 
-PRETRAINED: dict[str, PretrainedWeights] = {
-    w.variant: w
-    for w in (
-        PretrainedWeights("internimage_t", "internimage_t_1k_224.pth", (3, 224, 224)),
-        PretrainedWeights("internimage_s", "internimage_s_1k_224.pth", (3, 224, 224)),
-        PretrainedWeights("internimage_b", "internimage_b_1k_224.pth", (3, 224, 224)),
-        PretrainedWeights("internimage_l", "internimage_l_22kto1k_384.pth", (3, 384, 384)),
-        PretrainedWeights("internimage_xl", "internimage_xl_22kto1k_384.pth", (3, 384, 384)),
-        PretrainedWeights("internimage_h", "internimage_h_22kto1k_640.pth", (3, 640, 640)),
-        PretrainedWeights("internimage_g", "internimage_g_22kto1k_512.pth", (3, 512, 512)),
+def classification_weights(release_name: str) -> PretrainedWeights:
+    """Preprocessing and file of a released classifier of the catalogue.
+
+    Raises:
+        UsageError: No such release, or not a classifier.
+    """
+    from internimage.catalog.table import find_release
+
+    release = find_release(release_name)
+    if release.task != "classification" or not isinstance(release.test_size, int):
+        raise UsageError(f"{release.name} is a {release.task.replace('_', ' ')} model, not an "
+                         f"image classifier")
+    side = release.test_size
+    return PretrainedWeights(
+        variant=release.variant, file_name=release.file, input_size=(3, side, side),
+        num_classes=release.num_classes, hub_repo=release.hub_repo, release=release.name,
     )
-}
+
+
+def _default_weights() -> dict[str, PretrainedWeights]:
+    from internimage.catalog.table import RELEASES
+    from internimage.models.config import VARIANTS
+
+    return {
+        release.default_for: classification_weights(release.name)
+        for release in RELEASES.values()
+        if release.default_for in VARIANTS and release.buildable
+    }
+
+
+#: Variant -> its default released ImageNet-1K classifier (the catalogue's ``default_for``).
+PRETRAINED: dict[str, PretrainedWeights] = _default_weights()
 
 
 # Seconds to wait for the hub's host to answer before calling it unreachable. huggingface_hub
@@ -232,53 +254,49 @@ def download_checkpoint(url: str, *, cache_dir: str | os.PathLike[str] | None = 
     return target
 
 
-def dense_backbone_arguments(
-    variant: str, overrides: Sequence[tuple[str, Any]] = ()
-) -> dict[str, Any]:
-    """Upstream ``InternImage(...)`` arguments of the backbone of a released dense model: the
-    variant's architecture with the dense config's ``overrides`` (InternImage-T has layer scale
-    1.0 there), without stochastic depth (a training setting, not part of the weights)."""
-    from internimage.models.config import VARIANTS
-    from internimage.models.internimage import upstream_arguments
+def released_file(file_name: str, *, repo: str = HUB_REPO) -> Path:
+    """Local copy of a released file (the hub cache; endpoint ``$HF_ENDPOINT`` if set),
+    downloaded once.
 
-    arguments = upstream_arguments(VARIANTS[variant].config)
-    arguments.update(dict(overrides))
-    arguments["drop_path_rate"] = 0.0
-    return arguments
-
-
-def released_file(file_name: str) -> Path:
-    """Local copy of a released file of :data:`HUB_REPO` (the hub cache; endpoint
-    ``$HF_ENDPOINT`` if set), downloaded once.
+    Args:
+        file_name: The file in ``repo``.
+        repo: The Hugging Face repository (InternImage's, or DCNv4's for FlashInternImage).
 
     Raises:
         WeightsUnavailableError: Not cached and not downloadable; the message says where to put
             the file.
     """
     return _hub_download(
-        HUB_REPO, file_name, "main", os.environ.get("HF_ENDPOINT") or None, _default_cache_dir()
+        repo, file_name, "main", os.environ.get("HF_ENDPOINT") or None, _default_cache_dir()
     )
 
 
-def resolve_pretrained(variant: str, pretrained: bool | str | os.PathLike[str]) -> Path:
+def resolve_pretrained(name: str, pretrained: bool | str | os.PathLike[str]) -> Path:
     """Local checkpoint file for ``create_model(..., pretrained=...)``.
 
     Args:
-        variant: Model name (used when ``pretrained`` is True).
-        pretrained: True (the released weights of ``variant`` from :data:`HUB_REPO`, endpoint
+        name: A variant (its default released classifier, :data:`PRETRAINED`) or a released
+            classifier's catalogue name; used when ``pretrained`` is True.
+        pretrained: True (the released file through the Hugging Face cache, endpoint
             ``$HF_ENDPOINT`` if set), an ``http(s)://`` URL, or a local path.
 
     Raises:
-        ValueError: ``variant`` has no released weights.
-        FileNotFoundError: A local path that does not exist.
+        UsageError: ``name`` has no released weights.
+        MissingFileError: A local path that does not exist.
     """
     if pretrained is True:
-        if variant not in PRETRAINED:
-            raise UsageError(
-                f"{variant!r} has no released weights; variants with weights: "
-                f"{', '.join(PRETRAINED)} (or pass a checkpoint path or URL as pretrained=...)"
-            )
-        return released_file(PRETRAINED[variant].file_name)
+        weights = PRETRAINED.get(name)
+        if weights is None:
+            from internimage.models.config import VARIANTS
+
+            if name in VARIANTS:
+                raise UsageError(
+                    f"{name!r} has no released weights; variants with weights: "
+                    f"{', '.join(PRETRAINED)} (or pass a checkpoint path or URL as "
+                    f"pretrained=...)"
+                )
+            weights = classification_weights(name)
+        return released_file(weights.file_name, repo=weights.hub_repo)
     text = os.fspath(pretrained)
     if text.startswith(("http://", "https://")):
         return download_checkpoint(text)

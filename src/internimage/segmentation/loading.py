@@ -51,31 +51,41 @@ def load_segmenter(
 
     Args:
         checkpoint: A segmentation training checkpoint of this library.
-        pretrained: A released model name (``internimage.segmentation.ADE20K_MODELS``).
+        pretrained: A released ADE20K model's name (``internimage list --task
+            semantic_segmentation``).
         use_ema: Take the EMA weights of a training checkpoint.
         device: Where to put the model.
 
     Raises:
         UsageError: Both or neither source, a classification checkpoint, missing EMA weights.
     """
-    from internimage.segmentation.pretrained import ADE20K_MODELS, create_segmentation_model
+    from internimage.segmentation.pretrained import (
+        create_segmentation_model,
+        find_segmentation_release,
+    )
     from internimage.train.tasks import load_task_checkpoint
 
     if (checkpoint is None) == (pretrained is None):
         raise UsageError("give exactly one of a checkpoint or a pretrained model name")
     device = torch.device(device)
     if pretrained is not None:
-        if pretrained not in ADE20K_MODELS:
+        release = find_segmentation_release(pretrained)
+        if release.classes != "ade20k" or not isinstance(release.crop, tuple) or (
+            release.crop[0] != release.crop[1]
+        ):
             raise UsageError(
-                f"no released segmentation model {pretrained!r}; choose from "
-                f"{', '.join(ADE20K_MODELS)}"
+                f"{release.name} ({release.classes}, {release.crop[0]}x{release.crop[1]} "
+                f"windows) is not an ADE20K model; inference here runs ADE20K's square windows "
+                f"only: build it in Python with create_segmentation_model"
+                if isinstance(release.crop, tuple) else
+                f"{release.name} has no training crop; inference here needs one"
             )
         if use_ema:
             raise UsageError("released models have no EMA weights; drop --ema")
-        model = create_segmentation_model(pretrained, pretrained=True)
+        model = create_segmentation_model(release.name, pretrained=True)
         return LoadedSegmenter(
             model=model.to(device).eval(), classes=ADE20K_CLASSES, mean=IMAGENET_MEAN,
-            std=IMAGENET_STD, crop_size=ADE20K_MODELS[pretrained].crop_size,
+            std=IMAGENET_STD, crop_size=release.crop[0],
         )
     task, model, payload = load_task_checkpoint(checkpoint, "segmentation", use_ema=use_ema)
     return LoadedSegmenter(
