@@ -62,9 +62,9 @@ if TYPE_CHECKING:
     )
     from internimage.segmentation.metrics import SegmentationEvaluator
     from internimage.segmentation.pretrained import (
-        upernet_for_release,
         create_segmentation_model,
         find_segmentation_release,
+        upernet_for_release,
         upernet_model_config,
     )
     from internimage.segmentation.settings import SegmentationConfig
