@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import save_file
 
 import internimage
+from catalog_rows import add_release, tiny_release
+from hub_cache import hub_snapshot, offline_hub
 from internimage.catalog import (
     RELEASES,
     checkpoint_shapes,
@@ -22,7 +24,7 @@ from internimage.catalog import (
     verify_checkpoint,
 )
 from internimage.catalog.table import training_task
-from internimage.errors import CheckpointFileError, UsageError
+from internimage.errors import CheckpointFileError, UsageError, WeightsUnavailableError
 from internimage.models import PRETRAINED, VARIANTS, InternImage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,11 +158,39 @@ def test_each_variants_default_weights_are_its_architecture() -> None:
         info = VARIANTS[variant]
         assert info.pretrained == release.name and info.top1 == release.metric("top1")
         assert info.image_size == release.test_size
+        assert PRETRAINED[variant].file_name == release.file
+
+
+def test_released_classifiers_have_the_architecture_of_their_variant() -> None:
+    # create_model(release name) builds the variant's config: the file's own upstream
+    # arguments must describe the same network.
+    for name in list_pretrained(task="classification", buildable=True):
+        release = RELEASES[name]
         with torch.device("meta"):
             built = InternImage.from_upstream_config(release.backbone_arguments())
-        assert built.config.replace(drop_path_rate=0.0) == info.config.replace(
-            drop_path_rate=0.0), variant
-        assert PRETRAINED[variant].file_name == release.file
+        assert built.config.replace(drop_path_rate=0.0) == VARIANTS[
+            release.variant].config.replace(drop_path_rate=0.0), name
+
+
+def test_a_released_classifier_loads_from_either_hub_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for repo in ("OpenGVLab/InternImage", "OpenGVLab/DCNv4"):
+        tiny = tiny_release(f"tiny_classifier_{repo.split('/')[1].lower()}",
+                            like="internimage_t_1k_224", hub_repo=repo, num_classes=7,
+                            depths=list(VARIANTS["internimage_atto"].config.depths))
+        add_release(monkeypatch, tiny)
+        source = internimage.create_model(tiny.name)
+        assert source.num_classes == 7
+        cache = tmp_path / repo.replace("/", "_")
+        offline_hub(monkeypatch, cache)
+        with pytest.raises(WeightsUnavailableError, match=f"{tiny.file} of {repo}"):
+            internimage.create_model(tiny.name, pretrained=True)
+        torch.save({"model": source.state_dict()}, hub_snapshot(cache, repo=repo) / tiny.file)
+        loaded = internimage.create_model(tiny.file, pretrained=True)
+        assert loaded.num_classes == 7 and loaded.pretrained_cfg.hub_repo == repo
+        assert all(torch.equal(v, source.state_dict()[k])
+                   for k, v in loaded.state_dict().items())
 
 
 def test_names_aliases_and_filters() -> None:

@@ -71,7 +71,8 @@ def load_classifier(
         checkpoint: A training checkpoint of this library (model name, classes and preprocessing
             come from it), or any other weights file (then ``model_name`` is required and
             ImageNet preprocessing is assumed).
-        pretrained: Name of a variant with released ImageNet-1K weights.
+        pretrained: Name of a variant with released ImageNet-1K weights, or of a released
+            classifier (``internimage list --task classification``).
         model_name: Variant of a plain weights file.
         use_ema: Take the EMA weights of a training checkpoint.
         device: Where to put the model.
@@ -81,7 +82,7 @@ def load_classifier(
         ValueError: Both or neither source given, or missing EMA weights / model name.
     """
     import internimage
-    from internimage.models.pretrained import PRETRAINED
+    from internimage.models.pretrained import PRETRAINED, classification_weights
 
     if (checkpoint is None) == (pretrained is None):
         raise UsageError("give exactly one of a checkpoint or a pretrained model name")
@@ -91,11 +92,8 @@ def load_classifier(
         )
     device = torch.device(device)
     if pretrained is not None:
-        if pretrained not in PRETRAINED:
-            raise UsageError(
-                f"no released weights for {pretrained!r}; choose from {', '.join(PRETRAINED)}"
-            )
-        info = PRETRAINED[pretrained]
+        # A variant's default ImageNet-1K classifier, or any released classifier by name.
+        info = PRETRAINED.get(pretrained) or classification_weights(pretrained)
         model = internimage.create_model(pretrained, pretrained=True, num_classes=info.num_classes)
         return LoadedClassifier(
             model=model.to(device).eval(),
