@@ -43,6 +43,7 @@ from internimage.train.distributed import (
     convert_batchnorm,
     init_distributed,
     resolve_device,
+    shutdown_distributed,
 )
 from internimage.train.ema import ModelEma
 from internimage.train.launch import (
@@ -596,7 +597,7 @@ class Trainer:
             self.run_dir = Path(self.config.output_dir) / self.config.name
             claim_run_dir(self.run_dir, overwrite=self.overwrite)
             kwargs = {"config": self.config}
-        result = run_local_workers(workers, kwargs, self.echo)
+        result = run_local_workers(workers, fit_in_worker, kwargs, self.echo)
         self.ctx = DistributedContext(0, workers, 0, device)
         self.run_dir = result.run_dir
         return result
@@ -683,3 +684,17 @@ class Trainer:
             message += f", EMA {self.task.describe(ema_result)}"
         self._say(message)
         return row
+
+
+def fit_in_worker(
+    config: TrainConfig | None = None,
+    resume: str | Path | None = None,
+    config_overrides: dict[str, Any] | None = None,
+) -> RunResult:
+    """``Trainer(...).fit()`` in one of the local workers of :meth:`Trainer.fit` (run by
+    :func:`internimage.train.launch.worker_main`), leaving the process group afterwards."""
+    trainer = Trainer(config, resume=resume, config_overrides=config_overrides)
+    try:
+        return trainer.fit()
+    finally:
+        shutdown_distributed()
