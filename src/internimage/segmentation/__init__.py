@@ -15,7 +15,7 @@ _MODULES = {
     "internimage.segmentation.inference": (
         "SegmentationInference", "predict_batch", "predict_logits", "predict_mask",
     ),
-    "internimage.segmentation.loading": ("LoadedSegmenter", "load_segmenter",),
+    "internimage.segmentation.loading": ("LoadedSegmenter", "load_segmenter"),
     "internimage.segmentation.metrics": ("SegmentationEvaluator",),
     "internimage.segmentation.pretrained": (
         "upernet_for_release", "create_segmentation_model", "find_segmentation_release",
