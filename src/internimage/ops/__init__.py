@@ -1,9 +1,9 @@
-"""Operators: DCNv3 deformable sampling with reference, numba (CPU) and Triton (GPU) backends."""
+"""Operators: DCNv3 and DCNv4 deformable sampling with reference, numba and Triton kernels."""
 
 from internimage.ops.backends import ENV_VAR, available_backends, use_backend
-from internimage.ops.functional import dcnv3
+from internimage.ops.functional import dcnv3, dcnv4
 from internimage.ops.geometry import DCNv3Geometry
-from internimage.ops.reference import dcnv3_reference
+from internimage.ops.reference import dcnv3_reference, dcnv4_reference
 
 __all__ = [
     "ENV_VAR",
@@ -11,5 +11,7 @@ __all__ = [
     "available_backends",
     "dcnv3",
     "dcnv3_reference",
+    "dcnv4",
+    "dcnv4_reference",
     "use_backend",
 ]

@@ -1,7 +1,8 @@
-"""Geometry of the DCNv3 operator: sampling grid, output size and input validation.
+"""Geometry of the DCNv3 and DCNv4 operators: sampling grid, output size and input validation.
 
-Every backend (reference, numba, Triton) shares this module so that the sampling grid and the
-checks on user input are defined once.
+DCNv4 samples exactly as DCNv3 does, so both share :class:`DCNv3Geometry`. Every backend
+(reference, numba, Triton) shares this module so that the sampling grid and the checks on user
+input are defined once.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DCNv3Geometry", "validate_inputs"]
+__all__ = ["DCNv3Geometry", "dcnv4_columns", "dcnv4_geometry",
+           "validate_dcnv4_inputs", "validate_inputs"]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -159,4 +161,107 @@ def validate_inputs(
                 f"dcnv3: {name} has {tensor.shape[3]} channels, expected {what} = {channels} "
                 f"(group={g}, points={p})"
             )
+    return ho, wo
+
+
+def dcnv4_columns(group: int, points: int) -> int:
+    """Columns P of DCNv4's packed ``offset_mask``: ``ceil(3*G*K / 8) * 8``.
+
+    Upstream pads the packed layout to a multiple of 8 so that every pixel's row starts on an
+    aligned address; the padding columns carry nothing.
+    """
+    return -(-3 * group * points // 8) * 8
+
+
+def dcnv4_geometry(
+    kernel_size: int, stride: int, pad: int, dilation: int, group: int, offset_scale: float,
+    remove_center: bool,
+) -> DCNv3Geometry:
+    """The shared geometry of a DCNv4 call; its errors name the DCNv4 operator.
+
+    Raises:
+        ValueError: A scalar argument is out of range.
+    """
+    try:
+        return DCNv3Geometry(kernel_size, stride, pad, dilation, group, offset_scale,
+                             remove_center)
+    except ValueError as error:
+        raise ValueError(str(error).replace("dcnv3:", "dcnv4:", 1)) from None
+
+
+def validate_dcnv4_inputs(
+    input: torch.Tensor, offset_mask: torch.Tensor, geometry: DCNv3Geometry, group_channels: int
+) -> tuple[int, int]:
+    """Check the tensors of a DCNv4 call.
+
+    Args:
+        input: ``[N, H, W, G*D]``.
+        offset_mask: ``[N, Ho, Wo, P]``, the packed offsets and weights (see
+            :func:`dcnv4_columns`).
+        geometry: The operator's scalar arguments (shared with DCNv3).
+        group_channels: D, channels per group.
+
+    Returns:
+        The output size (Ho, Wo).
+
+    Raises:
+        ValueError: A shape does not fit the others or the geometry.
+        TypeError: A dtype or device does not match.
+    """
+    if (isinstance(group_channels, bool) or not isinstance(group_channels, int)
+            or group_channels <= 0):
+        raise ValueError(
+            f"dcnv4: group_channels must be a positive integer, got {group_channels!r}"
+        )
+    for name, tensor in (("input", input), ("offset_mask", offset_mask)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"dcnv4: {name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.dim() != 4:
+            raise ValueError(
+                f"dcnv4: {name} must be 4-D channels-last [N, H, W, C], got shape "
+                f"{tuple(tensor.shape)}"
+            )
+        if tensor.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(
+                f"dcnv4: {name} has dtype {tensor.dtype}; supported: float16, bfloat16, "
+                f"float32, float64"
+            )
+    if offset_mask.dtype != input.dtype:
+        raise TypeError(
+            f"dcnv4: dtype mismatch: input {input.dtype}, offset_mask {offset_mask.dtype}"
+        )
+    if offset_mask.device != input.device:
+        raise TypeError(
+            f"dcnv4: device mismatch: input on {input.device}, offset_mask on "
+            f"{offset_mask.device}"
+        )
+    n, h, w, c = input.shape
+    g, k = geometry.group, geometry.points
+    if g * group_channels != c:
+        raise ValueError(
+            f"dcnv4: input has {c} channels but group*group_channels = {g}*{group_channels} = "
+            f"{g * group_channels}"
+        )
+    ho, wo = geometry.output_size(h, w)
+    if ho <= 0 or wo <= 0:
+        raise ValueError(
+            f"dcnv4: input of size {h}x{w} is too small for kernel_size={geometry.kernel_size}, "
+            f"dilation={geometry.dilation}, pad={geometry.pad} (output would be {ho}x{wo})"
+        )
+    if offset_mask.shape[0] != n:
+        raise ValueError(
+            f"dcnv4: offset_mask batch {offset_mask.shape[0]} does not match input batch {n}"
+        )
+    if tuple(offset_mask.shape[1:3]) != (ho, wo):
+        raise ValueError(
+            f"dcnv4: offset_mask spatial size {tuple(offset_mask.shape[1:3])} is not the output "
+            f"size {(ho, wo)} computed from input {h}x{w}, kernel_size={geometry.kernel_size}, "
+            f"stride={geometry.stride}, pad={geometry.pad}, dilation={geometry.dilation}"
+        )
+    columns = dcnv4_columns(g, k)
+    if offset_mask.shape[3] != columns:
+        raise ValueError(
+            f"dcnv4: offset_mask has {offset_mask.shape[3]} columns; DCNv4 with group={g} and "
+            f"{k} points needs P = ceil(3*{g}*{k}/8)*8 = {columns}"
+        )
     return ho, wo

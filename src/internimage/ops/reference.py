@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of the DCNv3 core operator: the executable specification.
+"""Pure-PyTorch reference of the DCNv3 and DCNv4 core operators: the executable specification.
 
 Runs on any device and dtype with PyTorch's own autograd. It samples with ``grid_sample`` as the
 upstream fallback does, so it also serves as the speed and memory baseline of the benchmarks, but it
@@ -11,9 +11,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from internimage.ops.geometry import DCNv3Geometry, validate_inputs
+from internimage.ops.geometry import (
+    DCNv3Geometry,
+    dcnv4_geometry,
+    validate_dcnv4_inputs,
+    validate_inputs,
+)
+from internimage.ops.packing import unpack_offset_mask
 
-__all__ = ["dcnv3_point_terms", "dcnv3_reference", "sampling_coordinates"]
+__all__ = ["dcnv3_point_terms", "dcnv3_reference", "dcnv4_reference", "sampling_coordinates"]
 
 
 def sampling_coordinates(
@@ -147,3 +153,49 @@ def dcnv3_point_terms(
     # [N*G, D, Ho*Wo, P] -> [N, Ho, Wo, P, G*D]
     terms = terms.reshape(n, g, c // g, ho, wo, p).permute(0, 3, 4, 5, 1, 2)
     return terms.reshape(n, ho, wo, p, c).to(input.dtype)
+
+
+def dcnv4_reference(
+    input: torch.Tensor,
+    offset_mask: torch.Tensor,
+    *,
+    kernel_size: int = 3,
+    stride: int = 1,
+    pad: int = 1,
+    dilation: int = 1,
+    group: int,
+    group_channels: int,
+    offset_scale: float = 1.0,
+    remove_center: bool = False,
+) -> torch.Tensor:
+    """DCNv4 core operator, channels-last: DCNv3 on the unpacked ``offset_mask``.
+
+    DCNv4 samples exactly as DCNv3 (same points in the same order, zero padding outside the
+    image, weights used as given); only the layout of the offsets and weights differs. Group g
+    owns columns ``[3Kg, 3K(g+1))`` of ``offset_mask``: K (dx, dy) pairs, then K weights; the
+    columns from ``3GK`` on are padding, never read, and get a zero gradient.
+
+    Args:
+        input: ``[N, H, W, G*D]``.
+        offset_mask: ``[N, Ho, Wo, P]`` with ``P = ceil(3*G*K / 8) * 8``.
+        kernel_size: Kernel side k.
+        stride: Output stride.
+        pad: Zero padding.
+        dilation: Spacing of the base kernel grid.
+        group: Number of groups G.
+        group_channels: Channels per group D.
+        offset_scale: Scale of the base grid and the offsets.
+        remove_center: Drop the centre point (odd k only), so K = k*k - 1.
+
+    Returns:
+        ``[N, Ho, Wo, G*D]`` in the dtype of ``input``.
+    """
+    geometry = dcnv4_geometry(
+        kernel_size, stride, pad, dilation, group, float(offset_scale), bool(remove_center)
+    )
+    validate_dcnv4_inputs(input, offset_mask, geometry, group_channels)
+    offset, mask = unpack_offset_mask(offset_mask, group, geometry.points)
+    return dcnv3_reference(
+        input, offset, mask, kernel_size=kernel_size, stride=stride, pad=pad, dilation=dilation,
+        group=group, offset_scale=offset_scale, remove_center=remove_center,
+    )

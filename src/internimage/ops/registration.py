@@ -1,6 +1,7 @@
-"""Registration of the DCNv3 kernels as one torch operator, ``torch.ops.internimage.dcnv3``.
+"""Registration of the DCNv3 and DCNv4 kernels as torch operators, ``torch.ops.internimage.dcnv3``
+and ``torch.ops.internimage.dcnv4``.
 
-The operator has a CPU implementation (numba kernels), a CUDA implementation (Triton kernels), a
+Each operator has a CPU implementation (numba kernels), a CUDA implementation (Triton kernels), a
 fake implementation for tracing, and an autograd formula that calls the registered backward
 operator. The ``backend`` argument names the kernel family so that a forced choice survives
 tracing by ``torch.compile`` as a constant.
@@ -13,9 +14,16 @@ from typing import Any
 
 import torch
 
-from internimage.ops.geometry import DCNv3Geometry, validate_inputs
+from internimage.ops.geometry import (
+    DCNv3Geometry,
+    dcnv4_columns,
+    dcnv4_geometry,
+    validate_dcnv4_inputs,
+    validate_inputs,
+)
+from internimage.ops.packing import pack_offset_mask, unpack_offset_mask
 
-__all__ = ["dcnv3_op", "dcnv3_backward_op"]
+__all__ = ["dcnv3_backward_op", "dcnv3_op", "dcnv4_backward_op", "dcnv4_op"]
 
 
 def _geometry(
@@ -39,16 +47,19 @@ def _kernels(backend: str) -> Any:
     raise RuntimeError(f"dcnv3: backend {backend!r} has no registered kernels")
 
 
-def _alert_not_deterministic() -> None:
+def _alert_not_deterministic(op: str = "dcnv3") -> None:
     """Honour torch.use_deterministic_algorithms() as PyTorch's own ops do.
 
     The GPU backward adds into grad_input with atomics, so its last bits may vary between runs.
+
+    Args:
+        op: The operator whose backward is about to run (``dcnv3`` or ``dcnv4``).
     """
     if not torch.are_deterministic_algorithms_enabled():
         return
     message = (
-        "internimage::dcnv3_backward with the triton backend adds into grad_input with atomics "
-        "and is not deterministic"
+        f"internimage::{op}_backward with the triton backend adds into grad_input with atomics "
+        f"and is not deterministic"
     )
     if torch.is_deterministic_algorithms_warn_only_enabled():
         warnings.warn(message, stacklevel=3)
@@ -150,3 +161,103 @@ def _backward(
 
 
 dcnv3_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------------------- DCNv4
+# DCNv4 samples as DCNv3 does; only its offsets and weights come packed in one tensor (see
+# internimage.ops.packing). The same kernels compute it.
+
+
+@torch.library.custom_op("internimage::dcnv4", mutates_args=(), device_types=("cpu", "cuda"))
+def dcnv4_op(
+    input: torch.Tensor,
+    offset_mask: torch.Tensor,
+    kernel_size: int,
+    stride: int,
+    pad: int,
+    dilation: int,
+    group: int,
+    group_channels: int,
+    offset_scale: float,
+    remove_center: bool,
+    backend: str,
+) -> torch.Tensor:
+    """Forward kernel: ``[N, H, W, G*D]`` sampled into ``[N, Ho, Wo, G*D]``."""
+    geometry = dcnv4_geometry(kernel_size, stride, pad, dilation, group, offset_scale,
+                              remove_center)
+    validate_dcnv4_inputs(input, offset_mask, geometry, group_channels)
+    offset, mask = unpack_offset_mask(offset_mask, group, geometry.points)
+    return _kernels(backend).forward(input.contiguous(), offset, mask, geometry)
+
+
+@dcnv4_op.register_fake
+def _dcnv4_fake(
+    input: torch.Tensor, offset_mask: torch.Tensor, kernel_size: int, stride: int, pad: int,
+    dilation: int, group: int, group_channels: int, offset_scale: float, remove_center: bool,
+    backend: str,
+) -> torch.Tensor:
+    return input.new_empty(*offset_mask.shape[:3], input.shape[3])
+
+
+@torch.library.custom_op(
+    "internimage::dcnv4_backward", mutates_args=(), device_types=("cpu", "cuda")
+)
+def dcnv4_backward_op(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    offset_mask: torch.Tensor,
+    kernel_size: int,
+    stride: int,
+    pad: int,
+    dilation: int,
+    group: int,
+    group_channels: int,
+    offset_scale: float,
+    remove_center: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward kernel: gradients for input and offset_mask (exact zeros in its padding)."""
+    geometry = dcnv4_geometry(kernel_size, stride, pad, dilation, group, offset_scale,
+                              remove_center)
+    validate_dcnv4_inputs(input, offset_mask, geometry, group_channels)
+    if grad_output.shape != (*offset_mask.shape[:3], input.shape[3]):
+        raise ValueError(
+            f"dcnv4_backward: grad_output shape {tuple(grad_output.shape)} does not match the "
+            f"output shape {(*offset_mask.shape[:3], input.shape[3])}"
+        )
+    if backend == "triton":
+        _alert_not_deterministic("dcnv4")
+    offset, mask = unpack_offset_mask(offset_mask, group, geometry.points)
+    grad_input, grad_offset, grad_mask = _kernels(backend).backward(
+        grad_output.contiguous(), input.contiguous(), offset, mask, geometry
+    )
+    columns = dcnv4_columns(group, geometry.points)
+    return grad_input, pack_offset_mask(grad_offset, grad_mask, group, geometry.points, columns)
+
+
+@dcnv4_backward_op.register_fake
+def _dcnv4_backward_fake(
+    grad_output: torch.Tensor, input: torch.Tensor, offset_mask: torch.Tensor, kernel_size: int,
+    stride: int, pad: int, dilation: int, group: int, group_channels: int, offset_scale: float,
+    remove_center: bool, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(input), torch.empty_like(offset_mask)
+
+
+def _dcnv4_setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    input, offset_mask, *scalars = inputs
+    ctx.save_for_backward(input, offset_mask)
+    ctx.scalars = scalars
+
+
+def _dcnv4_backward(
+    ctx: Any, grad_output: torch.Tensor
+) -> tuple[torch.Tensor | None, ...]:
+    input, offset_mask = ctx.saved_tensors
+    grad_input, grad_offset_mask = dcnv4_backward_op(
+        grad_output, input, offset_mask, *ctx.scalars
+    )
+    return (grad_input, grad_offset_mask) + (None,) * len(ctx.scalars)
+
+
+dcnv4_op.register_autograd(_dcnv4_backward, setup_context=_dcnv4_setup_context)
