@@ -16,6 +16,7 @@ import internimage
 
 transformers = pytest.importorskip("transformers", reason="the seg extra is not installed")
 
+from internimage.layers.dcnv4 import DCNv4  # noqa: E402
 from internimage.models.hf import (  # noqa: E402
     STAGE_NAMES,
     InternImageHFBackbone,
@@ -187,3 +188,29 @@ def test_upstream_hugging_face_classifiers_load_both_ways(tmp_path: Path) -> Non
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     with torch.no_grad():
         assert torch.equal(loaded.eval()(x).logits, expected)
+
+
+def test_a_flash_internimage_backbone_saves_and_loads(tmp_path: Path) -> None:
+    config = InternImageHFConfig.from_variant("flash_internimage_atto", **TINY)
+    assert config.core_op == "DCNv4" and config.dcn_output_bias is False
+    backbone = InternImageHFBackbone(config).eval()
+    dcn = backbone.model.levels[0].blocks[0].dcn
+    assert isinstance(dcn, DCNv4)
+    # transformers' initialisation follows the constructor's: zero offsets and point weights.
+    assert torch.count_nonzero(dcn.offset_mask.weight) == 0
+    assert dcn.output_proj.bias is None and backbone.model.levels[0].blocks[0].mlp.fc2.bias is None
+    with torch.no_grad():
+        for p in backbone.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    backbone.save_pretrained(tmp_path / "flash")
+    saved = json.loads((tmp_path / "flash" / "config.json").read_text())
+    assert saved["core_op"] == "DCNv4" and saved["dcn_output_bias"] is False
+    # (AutoBackbone.from_pretrained asks the hub about any path first.)
+    loaded = InternImageHFBackbone.from_pretrained(tmp_path / "flash").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(loaded(x).feature_maps, backbone(x).feature_maps, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    # An InternImage config is saved without the FlashInternImage fields, as before.
+    plain = InternImageHFConfig.from_variant("internimage_atto", **TINY).to_dict()
+    assert "dcn_output_bias" not in plain and "mlp_fc2_bias" not in plain

@@ -132,8 +132,13 @@ def test_load_into_meta_model_assigns() -> None:
 def test_registry_lists_the_released_checkpoints() -> None:
     assert set(PRETRAINED) == {
         "internimage_t", "internimage_s", "internimage_b", "internimage_l", "internimage_xl",
-        "internimage_h", "internimage_g",
+        "internimage_h", "internimage_g", "flash_internimage_t", "flash_internimage_s",
+        "flash_internimage_b", "flash_internimage_l",
     }
+    flash = PRETRAINED["flash_internimage_l"]
+    # The hub's file name (upstream's README links flash_internimage_l_22kto1k_384.pth).
+    assert flash.url == ("https://huggingface.co/OpenGVLab/DCNv4/resolve/main/"
+                         "flash_intern_image_l_22kto1k_384.pth")
     t = PRETRAINED["internimage_t"]
     assert t.url == "https://huggingface.co/OpenGVLab/InternImage/resolve/main/internimage_t_1k_224.pth"
     assert PRETRAINED["internimage_h"].input_size == (3, 640, 640)

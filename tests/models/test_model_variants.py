@@ -128,7 +128,13 @@ def test_small_variants_grow_and_follow_rules() -> None:
         )
         sizes.append(sum(p.numel() for p in _meta_model(name).parameters()))
     assert sizes == sorted(sizes) and sizes[0] < 3e6
-    assert set(internimage.list_models(pretrained=True)) == set(SPEC_TABLE)
+    assert set(internimage.list_models(pretrained=True)) == set(SPEC_TABLE) | {
+        f"flash_internimage_{k}" for k in "tsbl"}
+    # FlashInternImage's small variants are InternImage's with DCNv4 blocks.
+    for name in names:
+        flash = VARIANTS[f"flash_{name}"].config
+        assert flash.replace(core_op="DCNv3", dcn_output_bias=True, mlp_fc2_bias=True) == (
+            VARIANTS[name].config)
 
 
 @pytest.mark.parametrize("name", ["internimage_atto", "internimage_femto"])

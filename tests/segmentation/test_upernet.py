@@ -52,6 +52,30 @@ def test_upstream_mmseg_checkpoint_reproduces_mmseg(golden_dir: Path, backend: s
         assert (got - want).abs().max() <= 1e-4 * scale, name
 
 
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+def test_upstream_flash_internimage_checkpoint_reproduces_mmseg(
+    golden_dir: Path, backend: str
+) -> None:
+    config = json.loads((golden_dir / "upernet_flash_t_like.json").read_text())
+    model_cfg = {k: config[k] for k in PARTS}
+    # Upstream's dense configs name the family of the backbone.
+    model_cfg["backbone"] = {"type": "FlashInternImage", **model_cfg["backbone"]}
+    model = from_mmseg(golden_dir / "upernet_flash_t_like.pth", model_cfg)
+    assert model.config.backbone_config.core_op == "DCNv4"
+    expected = load_file(str(golden_dir / "upernet_flash_t_like.safetensors"))
+    x = expected["input"]
+    with use_backend(backend), torch.no_grad():
+        out = model(x)
+        features = model.backbone(x).feature_maps
+        aux = model.auxiliary_head(features)
+        decode = model.decode_head(features)
+    for name, got in [("seg_logits", out.logits), ("aux_logits", aux), ("decode_logits", decode),
+                      *[(f"stage{i}", f) for i, f in enumerate(features)]]:
+        want = expected[name]
+        scale = max(1.0, float(want.abs().max()))
+        assert got.shape == want.shape and (got - want).abs().max() <= 1e-4 * scale, name
+
+
 def test_a_checkpoint_that_does_not_fit_lists_the_keys(golden_dir: Path) -> None:
     model_cfg, checkpoint, _ = _golden(golden_dir)
     state = dict(torch.load(checkpoint, weights_only=True)["state_dict"])

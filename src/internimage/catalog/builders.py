@@ -47,6 +47,8 @@ BUILDERS: dict[str, str] = {
     "internimage/classifier": "internimage.catalog.builders:build_classifier",
     "internimage/upernet": "internimage.segmentation.pretrained:upernet_for_release",
     "internimage/mask_rcnn": "internimage.detection.pretrained:mask_rcnn_for_release",
+    "flash_internimage/classifier": "internimage.catalog.builders:build_classifier",
+    "flash_internimage/upernet": "internimage.segmentation.pretrained:upernet_for_release",
 }
 
 
@@ -92,13 +94,13 @@ def dense_backbone(release: Release) -> dict[str, Any]:
 
 
 def build_classifier(release: Release, num_classes: int) -> BuiltModel:
-    """An InternImage classifier from the release's upstream arguments."""
+    """An InternImage or FlashInternImage classifier from the release's upstream arguments."""
     from internimage.models.checkpoint import extract_state_dict
-    from internimage.models.internimage import InternImage
+    from internimage.models.flash_internimage import build_upstream_backbone
 
     arguments = {**release.backbone_arguments(), "num_classes": num_classes,
                  "drop_path_rate": 0.0}
-    return BuiltModel(InternImage.from_upstream_config(arguments), extract_state_dict)
+    return BuiltModel(build_upstream_backbone(arguments), extract_state_dict)
 
 
 def load_release_weights(

@@ -42,7 +42,8 @@ from internimage.detection.model import (
 )
 from internimage.errors import ConfigError
 from internimage.models.checkpoint import load_converted_strictly
-from internimage.models.internimage import UPSTREAM_DEFAULTS, InternImage
+from internimage.models.flash_internimage import build_upstream_backbone, dense_backbone_arguments
+from internimage.models.internimage import FLASH_UPSTREAM_DEFAULTS, UPSTREAM_DEFAULTS
 
 __all__ = ["convert_mmdet_state_dict", "from_mmdet", "mask_rcnn_from_mmdet_config"]
 
@@ -115,12 +116,11 @@ def mask_rcnn_from_mmdet_config(
             raise ConfigError(f"the model config has no {part!r} entry")
 
     backbone_args = _section("backbone", model_cfg["backbone"],
-                             (*UPSTREAM_DEFAULTS, *_BACKBONE_IGNORED))
+                             (*FLASH_UPSTREAM_DEFAULTS, *UPSTREAM_DEFAULTS, *_BACKBONE_IGNORED))
     _expect("backbone", "out_indices", tuple(backbone_args.get("out_indices", (0, 1, 2, 3))),
             (0, 1, 2, 3))
-    classifier = InternImage.from_upstream_config({
-        **{k: v for k, v in backbone_args.items() if k not in _BACKBONE_IGNORED},
-        "num_classes": 0,
+    classifier = build_upstream_backbone({
+        **dense_backbone_arguments(backbone_args, _BACKBONE_IGNORED), "num_classes": 0,
     })
     widths = list(classifier.config.stage_channels)
 

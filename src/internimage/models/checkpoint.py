@@ -248,7 +248,9 @@ def load_converted_strictly(
     model.load_state_dict(converted, strict=True)
 
 
-def extract_state_dict(checkpoint: Mapping[str, object]) -> dict[str, torch.Tensor]:
+def extract_state_dict(
+    checkpoint: Mapping[str, object], *, ema: bool = False
+) -> dict[str, torch.Tensor]:
     """The model weights of a checkpoint, with wrapper keys and prefixes removed.
 
     Weights are taken from ``checkpoint['model']`` or ``checkpoint['state_dict']`` when present,
@@ -256,10 +258,23 @@ def extract_state_dict(checkpoint: Mapping[str, object]) -> dict[str, torch.Tens
     prefixes are stripped (in any combination), and upstream's Hugging Face names of the layer
     scale (``layer_scale1/2``) become ``gamma1/2``.
 
+    Args:
+        checkpoint: The loaded checkpoint.
+        ema: Take the EMA copy that upstream's classification training saves beside the weights
+            (``checkpoint['model_ema']``) instead.
+
     Raises:
         TypeError: The weights are not a mapping of names to tensors.
+        CheckpointFileError: ``ema`` is set and the checkpoint has no ``model_ema``.
     """
     state: object = checkpoint
+    if ema:
+        if not isinstance(checkpoint.get("model_ema"), Mapping):
+            raise CheckpointFileError(
+                "the checkpoint has no 'model_ema' weights (upstream saves them only when its "
+                "training ran with EMA); load it without ema=True"
+            )
+        checkpoint = {"model": checkpoint["model_ema"]}
     for key in _WEIGHT_KEYS:
         if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(key), Mapping):
             state = checkpoint[key]
@@ -290,6 +305,7 @@ def load_checkpoint(
     path_or_dict: str | os.PathLike[str] | Mapping[str, object],
     *,
     strict: bool = True,
+    ema: bool = False,
 ) -> LoadResult:
     """Load weights into ``model``.
 
@@ -302,6 +318,7 @@ def load_checkpoint(
         path_or_dict: Checkpoint file or mapping.
         strict: Raise unless every key matches in name and shape. Without it, matching tensors
             are loaded and the rest is reported in the result.
+        ema: Load the EMA copy of an upstream classification checkpoint (``model_ema``).
 
     Returns:
         What was skipped (empty in strict mode).
@@ -314,7 +331,7 @@ def load_checkpoint(
         checkpoint = path_or_dict
     else:
         checkpoint = read_checkpoint(path_or_dict)
-    state = extract_state_dict(checkpoint)
+    state = extract_state_dict(checkpoint, ema=ema)
     own = model.state_dict()
     result = LoadResult.compare(state, own)
     if strict and not result.ok:

@@ -36,6 +36,7 @@ from internimage.layers.dcnv3 import WEIGHT_SHARING as DCN_WEIGHTS
 __all__ = [
     "ALPHA",
     "BETA",
+    "CORE_OPS",
     "DCN_WEIGHTS",
     "InternImageConfig",
     "MASK_NORMALIZATIONS",
@@ -45,6 +46,9 @@ __all__ = [
     "scaled_config",
     "stacking_config",
 ]
+
+#: Token mixers: InternImage's DCNv3, FlashInternImage's DCNv4.
+CORE_OPS = ("DCNv3", "DCNv4")
 
 #: Depth growth per unit of phi in the paper's scaling rule.
 ALPHA = 1.09
@@ -105,6 +109,13 @@ class InternImageConfig:
             ``groups``.
         mask_normalization: Ablation: modulation scalars normalised by ``"softmax"`` over the
             points of a group (DCNv3) or by an element-wise ``"sigmoid"`` (DCNv2).
+        core_op: ``"DCNv3"`` (InternImage) or ``"DCNv4"`` (FlashInternImage: the same network
+            with DCNv4 blocks, whose point weights are used as given; ``dw_kernel_size`` then
+            adds a depthwise conv before the offset projection, without norm or activation).
+        dcn_output_bias: FlashInternImage: bias of the DCNv4 output projection (DCNv3 always
+            has one).
+        mlp_fc2_bias: FlashInternImage: bias of the MLP's second linear (DCNv3 blocks always
+            have one).
 
     The three ablation fields are not upstream constructor arguments; at their defaults the
     network, its state-dict keys and its upstream arguments are those of the release.
@@ -131,6 +142,9 @@ class InternImageConfig:
     dcn_weights: str = "shared"
     dcn_groups: int | None = None
     mask_normalization: str = "softmax"
+    core_op: str = "DCNv3"
+    dcn_output_bias: bool = True
+    mlp_fc2_bias: bool = True
 
     def __post_init__(self) -> None:
         # Accept lists (e.g. from JSON) but store tuples so that the config stays hashable.
@@ -178,6 +192,26 @@ class InternImageConfig:
                 f"drop_path_type must be one of {_DROP_PATH_TYPES}, got {self.drop_path_type!r}"
             )
         check_ablation_options(self.dcn_weights, self.mask_normalization, self.dcn_groups)
+        if self.core_op not in CORE_OPS:
+            raise ValueError(f"core_op must be one of {CORE_OPS}, got {self.core_op!r}")
+        if self.core_op == "DCNv3" and not (self.dcn_output_bias and self.mlp_fc2_bias):
+            raise ValueError("dcn_output_bias and mlp_fc2_bias are FlashInternImage (core_op "
+                             "'DCNv4') settings; InternImage's DCNv3 blocks always have both "
+                             "biases")
+        if self.core_op == "DCNv4":
+            # FlashInternImage's block: DCNv4 uses its point weights as given (no softmax) and
+            # has neither the centre-feature gate nor the ablations of the DCNv3 layer.
+            unsupported = [
+                name for name, value, paper in (
+                    ("center_feature_scale", self.center_feature_scale, False),
+                    ("use_clip_projector", self.use_clip_projector, False),
+                    ("dcn_weights", self.dcn_weights, "shared"),
+                    ("mask_normalization", self.mask_normalization, "softmax"),
+                ) if value != paper
+            ]
+            if unsupported:
+                raise ValueError(f"{', '.join(unsupported)} are not FlashInternImage (DCNv4) "
+                                 f"settings; keep them at their defaults with core_op='DCNv4'")
         if self.dcn_groups is not None:
             g = self.dcn_groups
             bad = [c for c in self.stage_channels if c % g]
@@ -316,6 +350,8 @@ class VariantInfo:
 
 # The small variants shrink InternImage-T (the defaults of scaled_config) with C' = 8.
 _SMALL = {"scaled_group_channels": 8}
+# FlashInternImage's T/S/B blocks: DCNv4, no bias after the DCNv4 output projection or fc2.
+_FLASH: dict[str, Any] = {"core_op": "DCNv4", "dcn_output_bias": False, "mlp_fc2_bias": False}
 
 VARIANTS: dict[str, VariantInfo] = {
     v.name: v
@@ -394,6 +430,43 @@ VARIANTS: dict[str, VariantInfo] = {
                 center_feature_scale=True, use_clip_projector=True, drop_path_rate=0.4,
             ),
             512, 90.1, "internimage_g_22kto1k_512",
+        ),
+        # FlashInternImage: the same networks with DCNv4 blocks (upstream OpenGVLab/DCNv4).
+        *(
+            VariantInfo(f"flash_internimage_{size}",
+                        scaled_config(phi, **_SMALL, **_FLASH, drop_path_rate=rate), 224)
+            for size, phi, rate in (("atto", -4, 0.0), ("femto", -3, 0.05),
+                                    ("pico", -2, 0.05), ("nano", -1, 0.1))
+        ),
+        VariantInfo(
+            "flash_internimage_t",
+            InternImageConfig(64, (4, 4, 18, 4), (4, 8, 16, 32), drop_path_rate=0.1, **_FLASH),
+            224, 83.6, "flash_intern_image_t_1k_224",
+        ),
+        VariantInfo(
+            "flash_internimage_s",
+            InternImageConfig(
+                80, (4, 4, 21, 4), (5, 10, 20, 40), layer_scale=1e-5, post_norm=True,
+                dw_kernel_size=3, drop_path_rate=0.4, **_FLASH,
+            ),
+            224, 84.4, "flash_intern_image_s_1k_224",
+        ),
+        VariantInfo(
+            "flash_internimage_b",
+            InternImageConfig(
+                112, (4, 4, 21, 4), (7, 14, 28, 56), layer_scale=1e-5, offset_scale=0.5,
+                post_norm=True, dw_kernel_size=3, drop_path_rate=0.5, **_FLASH,
+            ),
+            224, 84.9, "flash_intern_image_b_1k_224",
+        ),
+        VariantInfo(
+            "flash_internimage_l",
+            InternImageConfig(
+                160, (5, 5, 22, 5), (10, 20, 40, 80), layer_scale=1e-5, offset_scale=2.0,
+                post_norm=True, dw_kernel_size=3, drop_path_rate=0.1,
+                **{**_FLASH, "dcn_output_bias": True, "mlp_fc2_bias": True},
+            ),
+            384, 88.1, "flash_intern_image_l_22kto1k_384",
         ),
     )
 }

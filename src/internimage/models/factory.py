@@ -13,7 +13,7 @@ from internimage.models.checkpoint import (
     load_checkpoint,
     read_checkpoint,
 )
-from internimage.models.config import VARIANTS
+from internimage.models.config import VARIANTS, InternImageConfig
 from internimage.models.internimage import InternImage, InternImageFeatures
 from internimage.models.pretrained import (
     PRETRAINED,
@@ -81,30 +81,42 @@ def create_model(
                 f"classifier (internimage.list_pretrained(task='classification'))"
             ) from None
         variant = weights.variant
-        if variant not in VARIANTS:
-            raise ValueError(f"{name} is a {variant} classifier, which this library cannot "
+        from internimage.catalog.table import find_release
+
+        if variant not in VARIANTS or not find_release(name).buildable:
+            raise ValueError(f"{name} is a {variant} classifier of a kind this library cannot "
                              f"build yet")
         if num_classes is None and pretrained is False:
             num_classes = weights.num_classes
     config = VARIANTS[variant].config.replace(**overrides)
+    model_class = _model_class(config)
     if pretrained is False or pretrained is None:
-        model = InternImage(config, num_classes=1000 if num_classes is None else num_classes)
+        model = model_class(config, num_classes=1000 if num_classes is None else num_classes)
         return _finish(InternImageFeatures(model, out_indices) if features_only else model,
                        variant, weights)
     path = resolve_pretrained(name, pretrained)
     if features_only:
         # A classifier checkpoint also feeds a feature extractor: its head is not needed, and
         # layer scales it lacks (the dense T adds them to the T classifier) keep 1.0.
-        features = InternImageFeatures(InternImage(config, num_classes=0), out_indices)
+        features = InternImageFeatures(model_class(config, num_classes=0), out_indices)
         load_backbone_weights(features, path)
         return _finish(features, variant, weights)
     state = extract_state_dict(read_checkpoint(path))
     head = state.get("head.weight")
-    model = InternImage(config, num_classes=int(head.shape[0]) if head is not None else 0)
+    model = model_class(config, num_classes=int(head.shape[0]) if head is not None else 0)
     load_checkpoint(model, state)
     if num_classes is not None and model.num_classes != num_classes:
         model.reset_classifier(num_classes)
     return _finish(model, variant, weights)
+
+
+def _model_class(config: InternImageConfig) -> type[InternImage]:
+    """The family's class: FlashInternImage for DCNv4 blocks, else InternImage."""
+    if config.core_op == "DCNv4":
+        from internimage.models.flash_internimage import FlashInternImage
+
+        return FlashInternImage
+    return InternImage
 
 
 def _finish(

@@ -43,13 +43,16 @@ from transformers.backbone_utils import BackboneConfigMixin, BackboneMixin
 from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutputWithNoAttention
 
 from internimage.layers.dcnv3 import DCNv3, PointProjection
+from internimage.layers.dcnv4 import DCNv4
 from internimage.models.config import (
     DCN_WEIGHTS,
     MASK_NORMALIZATIONS,
     VARIANTS,
     check_ablation_options,
 )
+from internimage.models.flash_internimage import FlashInternImage
 from internimage.models.internimage import (
+    FLASH_UPSTREAM_DEFAULTS,
     UPSTREAM_DEFAULTS,
     Block,
     InternImage,
@@ -65,6 +68,9 @@ __all__ = [
     "InternImageHFForImageClassification",
     "InternImageHFPreTrainedModel",
 ]
+
+# FlashInternImage's arguments that InternImage lacks; None (the family's default) is not saved.
+_FLASH_FIELDS: dict[str, Any] = {"dcn_output_bias": None, "mlp_fc2_bias": None}
 
 #: Names of the four stages (strides 4, 8, 16, 32) in ``out_features``.
 STAGE_NAMES = ("stage1", "stage2", "stage3", "stage4")
@@ -90,6 +96,11 @@ class InternImageHFConfig(BackboneConfigMixin, PreTrainedConfig):
     ``"unshared"``), ``dcn_groups`` (one group count for every stage, overriding ``groups``;
     ``None``: ``groups``) and ``mask_normalization`` (``"softmax"`` or ``"sigmoid"``). They are
     serialised only when set away from those defaults.
+
+    ``core_op="DCNv4"`` makes it a FlashInternImage (upstream OpenGVLab/DCNv4) with its two
+    extra arguments ``dcn_output_bias`` and ``mlp_fc2_bias`` (``None``: the family's default,
+    off for FlashInternImage; InternImage's DCNv3 blocks always have both biases and its configs
+    are written without these fields).
     """
 
     model_type = "internimage"
@@ -120,6 +131,8 @@ class InternImageHFConfig(BackboneConfigMixin, PreTrainedConfig):
     dcn_weights: str = "shared"
     dcn_groups: int | None = None
     mask_normalization: str = "softmax"
+    dcn_output_bias: bool | None = None
+    mlp_fc2_bias: bool | None = None
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 
@@ -147,7 +160,7 @@ class InternImageHFConfig(BackboneConfigMixin, PreTrainedConfig):
         was before these fields existed, and as upstream's repositories have it.
         """
         output = super().to_dict()
-        for name, default in ABLATION_DEFAULTS.items():
+        for name, default in {**ABLATION_DEFAULTS, **_FLASH_FIELDS}.items():
             if output.get(name, default) == default:
                 output.pop(name, None)
         return output
@@ -190,7 +203,13 @@ class InternImageHFConfig(BackboneConfigMixin, PreTrainedConfig):
     def _upstream_fields(self) -> dict[str, Any]:
         """The fields named like upstream constructor arguments, as they are (sequences as
         tuples), without the ablation options."""
-        args = {name: getattr(self, name) for name in UPSTREAM_DEFAULTS}
+        if self.core_op == "DCNv4":
+            args = {name: getattr(self, name) for name in FLASH_UPSTREAM_DEFAULTS}
+            for name in _FLASH_FIELDS:
+                if args[name] is None:
+                    args[name] = FLASH_UPSTREAM_DEFAULTS[name]
+        else:
+            args = {name: getattr(self, name) for name in UPSTREAM_DEFAULTS}
         for name in ("depths", "groups", "level2_post_norm_block_ids"):
             if args[name] is not None:
                 args[name] = tuple(int(v) for v in args[name])
@@ -205,6 +224,9 @@ class InternImageHFConfig(BackboneConfigMixin, PreTrainedConfig):
         args = self._upstream_fields()
         if num_classes is not None:
             args["num_classes"] = num_classes
+        if self.core_op == "DCNv4":
+            self.upstream_arguments()  # refuses the DCNv3 ablations, naming them
+            return FlashInternImage.from_upstream_config(args)
         return InternImage.from_upstream_config(args, **self.ablation_options())
 
 
@@ -219,7 +241,7 @@ class InternImageHFPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["Block"]
 
     def _dcnv3_linear_roles(self) -> dict[int, str]:
-        """``id(linear) -> role`` for the linear layers inside DCNv3 modules."""
+        """``id(linear) -> role`` for the linear layers inside DCNv3 and DCNv4 modules."""
         roles: dict[int, str] | None = self.__dict__.get("_dcnv3_roles")
         if roles is None:
             roles = {}
@@ -227,6 +249,11 @@ class InternImageHFPreTrainedModel(PreTrainedModel):
                 if isinstance(module, DCNv3):
                     for role in ("offset", "mask", "input_proj", "output_proj"):
                         roles[id(getattr(module, role))] = role
+                elif isinstance(module, DCNv4):
+                    # The packed offsets and point weights start at zero, like DCNv3's.
+                    for role, name in (("offset", "offset_mask"), ("input_proj", "value_proj"),
+                                       ("output_proj", "output_proj")):
+                        roles[id(getattr(module, name))] = role
             self.__dict__["_dcnv3_roles"] = roles
         return roles
 

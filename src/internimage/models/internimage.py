@@ -28,6 +28,7 @@ from internimage.layers import (
 from internimage.models.config import InternImageConfig
 
 __all__ = [
+    "FLASH_UPSTREAM_DEFAULTS",
     "Block",
     "Downsample",
     "InternImage",
@@ -82,9 +83,11 @@ def upstream_arguments(config: InternImageConfig) -> dict[str, Any]:
                 f"{name}={getattr(config, name)!r} is an ablation with no upstream InternImage "
                 f"argument; only {name}={paper!r} converts"
             )
+    # FlashInternImage's constructor has no remove_center and adds the two bias switches.
+    known = FLASH_UPSTREAM_DEFAULTS if config.core_op == "DCNv4" else UPSTREAM_DEFAULTS
     fields = {
         name: getattr(config, name) for name in InternImageConfig.field_names()
-        if name in UPSTREAM_DEFAULTS
+        if name in known and not (name == "core_op" and config.core_op == "DCNv3")
     }
     fields["groups"] = config.stage_groups
     for name in ("depths", "groups", "level2_post_norm_block_ids"):
@@ -92,6 +95,16 @@ def upstream_arguments(config: InternImageConfig) -> dict[str, Any]:
             fields[name] = list(fields[name])
     return fields
 
+
+#: Defaults of upstream's ``FlashInternImage(...)`` (OpenGVLab/DCNv4): InternImage's, with DCNv4,
+#: offset_scale 0.5, the two bias switches off, and no ``remove_center`` argument.
+FLASH_UPSTREAM_DEFAULTS: dict[str, Any] = {
+    **{k: v for k, v in UPSTREAM_DEFAULTS.items() if k != "remove_center"},
+    "core_op": "DCNv4",
+    "offset_scale": 0.5,
+    "dcn_output_bias": False,
+    "mlp_fc2_bias": False,
+}
 
 # Upstream names of operators that compute the same DCNv3 (CUDA extension or pure PyTorch).
 _UPSTREAM_CORE_OPS = ("DCNv3", "DCNv3_pytorch")
@@ -159,15 +172,27 @@ class Block(nn.Module):
         self.res_post_norm = config.res_post_norm
         self.layer_scale = config.layer_scale is not None
         self.norm1 = layer_norm_nhwc(channels)
-        self.dcn = DCNv3(
-            channels, group, kernel_size=3, dw_kernel_size=config.dw_kernel_size,
-            offset_scale=config.offset_scale, center_feature_scale=config.center_feature_scale,
-            remove_center=config.remove_center, weight_sharing=config.dcn_weights,
-            mask_normalization=config.mask_normalization,
-        )
+        self.dcn: nn.Module
+        if config.core_op == "DCNv4":
+            # Imported here: InternImage needs only DCNv3.
+            from internimage.layers.dcnv4 import DCNv4
+
+            self.dcn = DCNv4(
+                channels, group, kernel_size=3, dw_kernel_size=config.dw_kernel_size,
+                offset_scale=config.offset_scale, output_bias=config.dcn_output_bias,
+                remove_center=config.remove_center,
+            )
+        else:
+            self.dcn = DCNv3(
+                channels, group, kernel_size=3, dw_kernel_size=config.dw_kernel_size,
+                offset_scale=config.offset_scale, center_feature_scale=config.center_feature_scale,
+                remove_center=config.remove_center, weight_sharing=config.dcn_weights,
+                mask_normalization=config.mask_normalization,
+            )
         self.drop_path = DropPath(drop_path)
         self.norm2 = layer_norm_nhwc(channels)
-        self.mlp = Mlp(channels, int(channels * config.mlp_ratio), drop=config.drop_rate)
+        self.mlp = Mlp(channels, int(channels * config.mlp_ratio), drop=config.drop_rate,
+                       fc2_bias=config.mlp_fc2_bias)
         if config.layer_scale is not None:
             self.gamma1 = nn.Parameter(torch.full((channels,), float(config.layer_scale)))
             self.gamma2 = nn.Parameter(torch.full((channels,), float(config.layer_scale)))
@@ -461,8 +486,8 @@ class InternImage(_Backbone):
         self.feature_info = self.stage_feature_info
         self.apply(_init_weights)
         for module in self.modules():
-            if isinstance(module, DCNv3):
-                module.reset_parameters()
+            if isinstance(module, Block):
+                module.dcn.reset_parameters()
 
     def _new_head(self, num_classes: int) -> nn.Module:
         return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()

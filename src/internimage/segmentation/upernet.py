@@ -19,8 +19,8 @@ from transformers import UperNetConfig, UperNetForSemanticSegmentation
 
 from internimage.errors import ConfigError
 from internimage.models.checkpoint import load_converted_strictly
+from internimage.models.flash_internimage import dense_backbone_arguments
 from internimage.models.hf import STAGE_NAMES, InternImageHFConfig
-from internimage.models.internimage import UPSTREAM_DEFAULTS
 
 __all__ = ["convert_mmseg_state_dict", "from_mmseg", "upernet_config", "upernet_from_mmseg_config"]
 
@@ -95,7 +95,8 @@ def upernet_from_mmseg_config(model_cfg: Mapping[str, Any]) -> UperNetForSemanti
     """An untrained UperNet with the architecture of an upstream mmseg ``model`` dict.
 
     Args:
-        model_cfg: ``{"backbone": upstream InternImage arguments, "decode_head": UPerHead
+        model_cfg: ``{"backbone": upstream InternImage or FlashInternImage arguments (with
+            ``type`` as upstream's configs write it), "decode_head": UPerHead
             arguments, "auxiliary_head": FCNHead arguments (optional)}``, as in upstream's
             ``configs/ade20k/*.py`` (training-only entries such as ``loss_decode``, ``norm_cfg``
             and ``dropout_ratio`` are accepted and not used).
@@ -108,12 +109,10 @@ def upernet_from_mmseg_config(model_cfg: Mapping[str, Any]) -> UperNetForSemanti
         if part not in model_cfg:
             raise ConfigError(f"the model config has no {part!r} entry")
     backbone_args = dict(model_cfg["backbone"])
-    _unknown("backbone", backbone_args, (*UPSTREAM_DEFAULTS, *_BACKBONE_IGNORED))
     out_indices = tuple(backbone_args.get("out_indices", (0, 1, 2, 3)))
     _expect("backbone", "out_indices", out_indices, (0, 1, 2, 3))
     backbone = InternImageHFConfig(
-        **{k: v for k, v in backbone_args.items() if k not in _BACKBONE_IGNORED},
-        out_indices=[0, 1, 2, 3],
+        **dense_backbone_arguments(backbone_args, _BACKBONE_IGNORED), out_indices=[0, 1, 2, 3],
     )
     widths = [backbone.channels * 2**i for i in range(4)]
 
