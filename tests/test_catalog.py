@@ -60,9 +60,6 @@ NOT_YET_BUILT = {
     "segformer_internimage_xl_512x1024_80k_mapillary",
     # FlashInternImage (DCNv4): the detectors and Mask2Former.
     "cascade_flash_internimage_l_fpn_1x_coco", "cascade_flash_internimage_l_fpn_3x_coco",
-    "mask_rcnn_flash_internimage_t_fpn_1x_coco", "mask_rcnn_flash_internimage_t_fpn_3x_coco",
-    "mask_rcnn_flash_internimage_s_fpn_1x_coco", "mask_rcnn_flash_internimage_s_fpn_3x_coco",
-    "mask_rcnn_flash_internimage_b_fpn_1x_coco", "mask_rcnn_flash_internimage_b_fpn_3x_coco",
     "dino_4scale_flash_internimage_t_1x_coco", "dino_4scale_flash_internimage_s_1x_coco",
     "dino_4scale_flash_internimage_b_1x_coco", "dino_4scale_flash_internimage_l_1x_coco",
     "mask2former_flash_internimage_t_512_160k_ade20k_ss",

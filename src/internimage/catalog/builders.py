@@ -49,6 +49,7 @@ BUILDERS: dict[str, str] = {
     "internimage/mask_rcnn": "internimage.detection.pretrained:mask_rcnn_for_release",
     "flash_internimage/classifier": "internimage.catalog.builders:build_classifier",
     "flash_internimage/upernet": "internimage.segmentation.pretrained:upernet_for_release",
+    "flash_internimage/mask_rcnn": "internimage.detection.pretrained:mask_rcnn_for_release",
 }
 
 

@@ -126,7 +126,21 @@ def mask_rcnn_from_mmdet_config(
 
     neck = _section("neck", model_cfg["neck"], ("in_channels", "out_channels", "num_outs",
                                                 "start_level", "add_extra_convs",
-                                                "relu_before_extra_convs", "no_norm_on_lateral"))
+                                                "relu_before_extra_convs", "no_norm_on_lateral",
+                                                "use_residual"))
+    # mmdet's FPN, or upstream's FPN_vitdet (FlashInternImage detectors): the same top-down
+    # path with LayerNorms after bias-free convolutions.
+    neck_type = model_cfg["neck"].get("type", "FPN")
+    if neck_type not in ("FPN", "FPN_vitdet"):
+        raise ConfigError(f"neck.type={neck_type!r} is not supported; supported: FPN, FPN_vitdet")
+    fpn_norm = None
+    if neck_type == "FPN_vitdet":
+        fpn_norm = "layer_norm"
+        norm = model_cfg["neck"].get("norm_cfg") or {"type": "LN"}
+        _expect("neck", "norm_cfg.type", norm.get("type"), "LN")
+        _expect("neck", "use_residual", neck.get("use_residual", True), True)
+    elif "use_residual" in neck:
+        raise ConfigError("neck.use_residual is an FPN_vitdet setting; mmdet's FPN has none")
     _expect("neck", "in_channels", list(neck.get("in_channels", widths)), widths)
     _expect("neck", "num_outs", neck.get("num_outs", 5), 5)
     _expect("neck", "start_level", neck.get("start_level", 0), 0)
@@ -194,6 +208,7 @@ def mask_rcnn_from_mmdet_config(
         box_fc_channels=int(box.get("fc_out_channels", 1024)),
         mask_convs=int(mask.get("num_convs", 4)),
         mask_channels=int(mask.get("conv_out_channels", 256)),
+        fpn_norm=fpn_norm,
     )
     model = build_mask_rcnn(classifier, num_classes=num_classes, heads=heads, settings=settings)
     return model, num_classes
@@ -204,6 +219,9 @@ _RENAMES = (
     (re.compile(r"^backbone\."), "backbone.body."),
     (re.compile(r"^neck\.lateral_convs\.(\d+)\.conv\."), r"backbone.fpn.inner_blocks.\1.0."),
     (re.compile(r"^neck\.fpn_convs\.(\d+)\.conv\."), r"backbone.fpn.layer_blocks.\1.0."),
+    # FPN_vitdet's LayerNorms follow the convolutions.
+    (re.compile(r"^neck\.lateral_convs\.(\d+)\.ln\."), r"backbone.fpn.inner_blocks.\1.1."),
+    (re.compile(r"^neck\.fpn_convs\.(\d+)\.ln\."), r"backbone.fpn.layer_blocks.\1.1."),
     (re.compile(r"^rpn_head\.rpn_conv\."), "rpn.head.conv.0.0."),
     (re.compile(r"^rpn_head\.rpn_cls\."), "rpn.head.cls_logits."),
     (re.compile(r"^rpn_head\.rpn_reg\."), "rpn.head.bbox_pred."),

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.models.convnext import LayerNorm2d
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -69,6 +70,9 @@ class DetectorHeads:
         box_fc_channels: Width of the two fully connected layers of the box head.
         mask_convs: 3x3 convolutions of the mask head.
         mask_channels: Their width.
+        fpn_norm: ``None`` (mmdet's FPN: convolutions with bias, no norm) or ``"layer_norm"``
+            (upstream's ``FPN_vitdet`` of the FlashInternImage detectors: convolutions without
+            bias, each followed by a LayerNorm over channels, eps 1e-5).
     """
 
     fpn_channels: int = 256
@@ -77,8 +81,11 @@ class DetectorHeads:
     box_fc_channels: int = 1024
     mask_convs: int = 4
     mask_channels: int = 256
+    fpn_norm: str | None = None
 
     def __post_init__(self) -> None:
+        if self.fpn_norm not in FPN_NORMS:
+            raise ConfigError(f"fpn_norm must be one of {FPN_NORMS}, got {self.fpn_norm!r}")
         for name in ("fpn_channels", "box_fc_channels", "mask_convs", "mask_channels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -147,6 +154,15 @@ class DetectorSettings:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
+#: Norms of the FPN's convolutions: none (mmdet's FPN) or LayerNorm over channels (FPN_vitdet).
+FPN_NORMS = (None, "layer_norm")
+
+
+def _channel_layer_norm(channels: int) -> nn.Module:
+    """LayerNorm over the channels of an NCHW map, eps 1e-5 (upstream's FPN_vitdet)."""
+    return LayerNorm2d(channels, eps=1e-5)
+
+
 class InternImageFPN(nn.Module):
     """InternImage's four stage maps through torchvision's FPN: five maps P2..P6.
 
@@ -157,18 +173,25 @@ class InternImageFPN(nn.Module):
     Args:
         body: The backbone, returning all four stages.
         out_channels: FPN width.
+        norm: See :attr:`DetectorHeads.fpn_norm`.
     """
 
-    def __init__(self, body: InternImageFeatures, out_channels: int) -> None:
+    def __init__(
+        self, body: InternImageFeatures, out_channels: int, *, norm: str | None = None
+    ) -> None:
         super().__init__()
         if body.out_indices != (0, 1, 2, 3):
             raise ConfigError(
                 f"the FPN needs all four stages of the backbone, got out_indices {body.out_indices}"
             )
+        if norm not in FPN_NORMS:
+            raise ConfigError(f"FPN norm must be one of {FPN_NORMS}, got {norm!r}")
         self.body = body
+        # With a norm, torchvision's FPN drops the convolutions' biases, as FPN_vitdet has them.
         self.fpn = FeaturePyramidNetwork(
             [info["num_chs"] for info in body.feature_info], out_channels,
             extra_blocks=LastLevelMaxPool(),
+            norm_layer=_channel_layer_norm if norm == "layer_norm" else None,
         )
         self.out_channels = out_channels
 
@@ -318,7 +341,7 @@ def build_mask_rcnn(
     settings = settings or DetectorSettings()
     body = backbone if isinstance(backbone, InternImageFeatures) else InternImageFeatures(backbone)
     body.frozen_stages = frozen_stages
-    fpn = InternImageFPN(body, heads.fpn_channels)
+    fpn = InternImageFPN(body, heads.fpn_channels, norm=heads.fpn_norm)
     ratios = tuple(float(r) for r in heads.anchor_ratios)
     anchors = FractionalAnchorGenerator(
         sizes=tuple((heads.anchor_scale * s,) for s in FPN_STRIDES),

@@ -59,7 +59,9 @@ def mask_rcnn_model_config(release: Release, num_classes: int) -> dict[str, Any]
     widths = [backbone["channels"] * 2**i for i in range(4)]
     return {
         "backbone": backbone,
-        "neck": {"in_channels": widths, "out_channels": 256, "num_outs": 5},
+        # FlashInternImage's detectors use upstream's FPN_vitdet (LayerNorms, no conv biases).
+        "neck": {"type": "FPN_vitdet" if release.family == "flash_internimage" else "FPN",
+                 "in_channels": widths, "out_channels": 256, "num_outs": 5},
         "rpn_head": {"in_channels": 256, "feat_channels": 256,
                      "anchor_generator": {"scales": [8], "ratios": [0.5, 1.0, 2.0],
                                           "strides": [4, 8, 16, 32, 64]}},
