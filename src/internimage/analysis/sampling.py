@@ -44,7 +44,9 @@ from internimage.draw import figure_png
 from internimage.errors import MissingDependencyError
 from internimage.files import atomic_write_bytes
 from internimage.layers.dcnv3 import DCNv3, normalize_point_weights
+from internimage.layers.dcnv4 import DCNv4
 from internimage.ops.geometry import DCNv3Geometry
+from internimage.ops.packing import unpack_offset_mask
 from internimage.ops.reference import sampling_coordinates
 
 __all__ = [
@@ -156,9 +158,10 @@ class SamplingMap:
             ``[-2, size + 1]`` as the operator does, which moves only points that read zero.
         weights: float64 ``[Q, G, P]`` mask weight of every point, as the operator uses it
             (softmax over the ``P`` points of a group: each group sums to 1; or a sigmoid per
-            point where the module says ``mask_normalization = "sigmoid"``).
+            point where the module says ``mask_normalization = "sigmoid"``; DCNv4's weights as
+            its projection gives them, ``"none"``).
         geometry: The block's :class:`~internimage.ops.geometry.DCNv3Geometry`.
-        mask_normalization: ``"softmax"`` or ``"sigmoid"``.
+        mask_normalization: ``"softmax"``, ``"sigmoid"`` or ``"none"`` (DCNv4).
         alignment: How feature pixels were mapped to input pixels (``"cell"`` or ``"conv"``).
     """
 
@@ -219,7 +222,7 @@ def _stage_modules(model: nn.Module) -> Sequence[nn.Module]:
     levels = getattr(model, "levels", None)
     if not isinstance(levels, nn.ModuleList) or not all(
         isinstance(getattr(level, "blocks", None), nn.ModuleList)
-        and all(isinstance(getattr(block, "dcn", None), DCNv3) for block in level.blocks)
+        and all(isinstance(getattr(block, "dcn", None), DCNv3 | DCNv4) for block in level.blocks)
         for level in levels
     ):
         raise TypeError(
@@ -332,6 +335,8 @@ def _run_stages(model: nn.Module, x: torch.Tensor, last_stage: int) -> None:
 def _normalise_mask(module: nn.Module, logits: torch.Tensor) -> tuple[torch.Tensor, str]:
     """The operator's point weights from the mask projection's logits ``[..., G, P]``."""
     kind = getattr(module, "mask_normalization", "softmax")
+    if kind == "none":  # DCNv4: the projection's values are the weights
+        return logits, kind
     try:
         return normalize_point_weights(logits, kind), kind
     except ValueError as error:
@@ -405,7 +410,9 @@ def sampling_locations(
 
     for stage, block in targets:
         dcn = levels[stage].blocks[block].dcn
-        for name in ("offset", "mask"):
+        # DCNv3 projects offsets and mask logits apart; DCNv4 packs both into offset_mask.
+        names = ("offset_mask",) if isinstance(dcn, DCNv4) else ("offset", "mask")
+        for name in names:
             handles.append(getattr(dcn, name).register_forward_hook(recorder((stage, block, name))))
     modes = [(module, module.training) for module in model.modules()]
     try:
@@ -420,6 +427,11 @@ def sampling_locations(
     maps = []
     for stage, block in targets:
         dcn = levels[stage].blocks[block].dcn
+        if isinstance(dcn, DCNv4) and (stage, block, "offset_mask") in captured:
+            offset, mask = unpack_offset_mask(captured.pop((stage, block, "offset_mask"))[None],
+                                              dcn.group, dcn.points)
+            captured[(stage, block, "offset")], captured[(stage, block, "mask")] = (
+                offset[0], mask[0])
         if (stage, block, "offset") not in captured or (stage, block, "mask") not in captured:
             raise ValueError(
                 f"stage {stage} did not run: this model stops earlier (a features-only backbone "
@@ -434,7 +446,7 @@ def sampling_locations(
 
 
 def _block_map(
-    dcn: DCNv3,
+    dcn: DCNv3 | DCNv4,
     stage: int,
     block: int,
     offset: torch.Tensor,
@@ -600,8 +612,9 @@ def render_sampling_maps(
             _draw_panel(matplotlib, figure, ax, pixels, row[c])
     normalization = maps[0].mask_normalization
     note = (
-        f"DCNv3 sampling locations (star: query pixel; marker area and opacity: {normalization} "
-        f"mask weight)"
+        f"{'DCNv4' if normalization == 'none' else 'DCNv3'} sampling locations (star: query "
+        f"pixel; marker area and opacity: "
+        f"{'|point weight|' if normalization == 'none' else f'{normalization} mask weight'})"
     )
     figure.suptitle(note if title is None else f"{title}\n{note}", fontsize=10)
     return figure_png(figure, dpi=dpi)
@@ -619,6 +632,9 @@ def _draw_panel(
     ys = m.locations[..., 1].reshape(-1)
     groups = np.broadcast_to(np.arange(g)[None, :, None], m.weights.shape).reshape(-1)
     weights = m.weights.reshape(-1)
+    if m.mask_normalization == "none":
+        # DCNv4's weights have either sign: the marker shows the magnitude.
+        weights = np.abs(weights)
     heaviest = float(weights.max()) if weights.size and weights.max() > 0 else 1.0
     share = np.clip(weights / heaviest, 0.0, 1.0)
     # Heaviest first, so that light points are drawn on top and stay visible.

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from internimage.ops import dcnv4
+from internimage.ops.geometry import DCNv3Geometry
 
 __all__ = ["DCNv4", "packed_columns"]
 
@@ -63,6 +64,12 @@ class DCNv4(nn.Module):
         self.offset_scale = float(offset_scale)
         self.remove_center = remove_center
         self.points = kernel_size * kernel_size - int(remove_center)
+        # The operator's sampling geometry (stride 1, "same" padding), as DCNv3 keeps it; read
+        # by the sampling-location maps.
+        self.geometry = DCNv3Geometry(kernel_size, 1, (kernel_size - 1) // 2, 1, group,
+                                      self.offset_scale, remove_center)
+        # The point weights are used as the projection gives them.
+        self.mask_normalization = "none"
         self.value_proj = nn.Linear(channels, channels)
         if dw_kernel_size is not None:
             self.offset_mask_dw = nn.Conv2d(channels, channels, dw_kernel_size,
