@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import internimage
-from internimage.analysis import sampling_locations, render_sampling_maps
+from internimage.analysis import render_sampling_maps, sampling_locations
 from internimage.layers.dcnv4 import DCNv4
 
 HEIGHT, WIDTH = 40, 72
