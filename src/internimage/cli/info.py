@@ -49,12 +49,14 @@ def variant_summary(name: str, image_size: int | None = None) -> dict[str, Any]:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    header = f"{'variant':<20} {'params':>10} {'MACs':>10} {'image':>6} {'top-1':>6}  weights"
+    width = max(20, *(len(row["name"]) for row in rows))
+    header = (f"{'variant':<{width}} {'params':>10} {'MACs':>10} {'image':>6} {'top-1':>6}  "
+              f"weights")
     lines = [header, "-" * len(header)]
     for row in rows:
         top1 = f"{row['top1']:.1f}" if row["top1"] is not None else "-"
         lines.append(
-            f"{row['name']:<20} {row['params'] / 1e6:>9.2f}M {row['macs'] / 1e9:>9.2f}G "
+            f"{row['name']:<{width}} {row['params'] / 1e6:>9.2f}M {row['macs'] / 1e9:>9.2f}G "
             f"{row['image_size']:>6} {top1:>6}  {row['pretrained'] or '-'}"
         )
     return "\n".join(lines)
