@@ -17,6 +17,7 @@ _EXPORTS = {
     "InternImageConfig": "internimage.models",
     "InternImageFeatures": "internimage.models",
     "CheckpointMismatchError": "internimage.models",
+    "FlashInternImage": "internimage.models",
     "PRETRAINED": "internimage.models",
     "VARIANTS": "internimage.models",
     "count_macs": "internimage.models",
@@ -34,6 +35,7 @@ _EXPORTS = {
 __all__ = [
     "__version__",
     "CheckpointMismatchError",
+    "FlashInternImage",
     "InternImage",
     "InternImageConfig",
     "InternImageFeatures",
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
         PRETRAINED,
         VARIANTS,
         CheckpointMismatchError,
+        FlashInternImage,
         InternImage,
         InternImageConfig,
         InternImageFeatures,

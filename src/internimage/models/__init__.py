@@ -15,6 +15,7 @@ from internimage.models.config import (
     stacking_config,
 )
 from internimage.models.factory import create_model, list_models
+from internimage.models.flash_internimage import FlashInternImage
 from internimage.models.internimage import (
     Block,
     Downsample,
@@ -32,6 +33,7 @@ __all__ = [
     "Block",
     "CheckpointMismatchError",
     "Downsample",
+    "FlashInternImage",
     "InternImage",
     "InternImageConfig",
     "InternImageFeatures",
