@@ -8,9 +8,7 @@ load applies. A 4 GB file is checked in about a second.
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,25 +26,6 @@ Shapes = Mapping[str, Sequence[int]]
 # Containers under which checkpoints keep their weights, tried in this order: upstream's
 # classifiers ("model", beside "model_ema" and the optimizer), OpenMMLab files ("state_dict").
 _CONTAINERS = ("model", "state_dict")
-_SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024
-
-
-def _safetensors_header(path: Path) -> dict[str, object] | None:
-    """The JSON header of a safetensors file, None when the file is not one."""
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        head = handle.read(9)
-        if len(head) < 9:
-            return None
-        (length,) = struct.unpack("<Q", head[:8])
-        if head[8:9] != b"{" or not 2 <= length <= min(size - 8, _SAFETENSORS_HEADER_LIMIT):
-            return None
-        handle.seek(8)
-        try:
-            header = json.loads(handle.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return None
-    return header if isinstance(header, dict) else None
 
 
 def checkpoint_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
@@ -61,14 +40,14 @@ def checkpoint_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]
         MissingFileError: No such file.
         CheckpointFileError: Not a checkpoint, damaged, or without a mapping of tensors.
     """
-    from internimage.models.checkpoint import read_checkpoint
+    from internimage.models.checkpoint import read_checkpoint, safetensors_header
 
     path = Path(path)
     if not path.is_file():
         if path.is_dir():
             raise CheckpointFileError(f"checkpoint {path} is a folder, not a file")
         raise MissingFileError(f"checkpoint file not found: {path}")
-    header = _safetensors_header(path)
+    header = safetensors_header(path)
     if header is not None:
         shapes: dict[str, tuple[int, ...]] = {}
         for key, info in header.items():

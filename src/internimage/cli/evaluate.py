@@ -91,10 +91,10 @@ def source_task(checkpoint: Path | None, pretrained: str | None) -> str:
 
         # Unknown names are classifiers here: the classifier's loader names the choices.
         return training_task(pretrained) or "classification"
-    from internimage.models.checkpoint import read_checkpoint
+    from internimage.models.checkpoint import read_checkpoint, safetensors_header
 
     assert checkpoint is not None
-    if checkpoint.suffix == ".safetensors":
+    if safetensors_header(checkpoint) is not None:
         # Tensors only, never the task: plain classifier weights. The loader that follows
         # reads the file (and reports it when it is missing or not safetensors).
         return "classification"

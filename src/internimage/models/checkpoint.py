@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
+import struct
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ __all__ = [
     "extract_state_dict",
     "load_checkpoint",
     "read_checkpoint",
+    "safetensors_header",
 ]
 
 # Wrappers under which checkpoints keep their weights, tried in this order.
@@ -91,10 +94,35 @@ class LoadResult:
         return "\n".join(lines)
 
 
+# A safetensors file starts with the length of its JSON header (little-endian u64), then "{".
+_SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024
+
+
+def safetensors_header(path: str | os.PathLike[str]) -> dict[str, object] | None:
+    """The JSON header of a safetensors file (tensor names, dtypes, shapes, offsets), read
+    without the tensors; None when the file is not a safetensors file, whatever its name."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(9)
+            if len(head) < 9 or head[8:9] != b"{":
+                return None
+            (length,) = struct.unpack("<Q", head[:8])
+            if not 2 <= length <= min(size - 8, _SAFETENSORS_HEADER_LIMIT):
+                return None
+            handle.seek(8)
+            header = json.loads(handle.read(length))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
 def read_checkpoint(
     path: str | os.PathLike[str], *, mmap: bool = False
 ) -> Mapping[str, object]:
-    """Read a checkpoint file: safetensors, or a pickle with ``weights_only=True``.
+    """Read a checkpoint file: safetensors (recognised by its content, whatever the suffix), or
+    a pickle with ``weights_only=True``.
 
     Args:
         path: The file.
@@ -115,7 +143,9 @@ def read_checkpoint(
     size = path.stat().st_size
     if size == 0:
         raise CheckpointFileError(f"checkpoint {path} is empty (0 bytes); it was not written out")
-    if path.suffix == ".safetensors":
+    # The content decides, not the name: safetensors files named .pth (or .SAFETENSORS) and
+    # torch files named .safetensors both occur.
+    if safetensors_header(path) is not None:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -128,8 +158,14 @@ def read_checkpoint(
     try:
         # weights_only refuses arbitrary pickled objects: checkpoints are data, never code.
         # mmap works only on the zip format (torch.save's default since torch 1.6).
-        loaded = torch.load(path, map_location="cpu", weights_only=True,
-                            mmap=mmap and zipfile.is_zipfile(path))
+        if path.suffix.lower() == ".safetensors":
+            # torch.load reads a path with this suffix as safetensors; this one is not, so it
+            # gets the open file (which cannot be mapped).
+            with path.open("rb") as handle:
+                loaded = torch.load(handle, map_location="cpu", weights_only=True)
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True,
+                                mmap=mmap and zipfile.is_zipfile(path))
     except Exception as error:  # torch raises many types here; each becomes one clear message
         raise CheckpointFileError(_describe_unloadable(path, size, error)) from None
     if not isinstance(loaded, Mapping):
