@@ -94,7 +94,29 @@ def size(value: Any) -> Any:
     return list(value) if isinstance(value, list | tuple) else value
 
 
-def row(entry: dict[str, Any]) -> dict[str, Any]:
+def mask2former_head(keys: dict[str, list[int]]) -> dict[str, int]:
+    """The Mask2Former head's sizes, read from a manifest's shapes (they differ between
+    releases: 100 or 200 queries, FFNs of 1024, 2048 or 4096)."""
+    prefix = "decode_head."
+    queries, hidden = keys[prefix + "query_feat.weight"]
+    encoder = {k.split(".")[4] for k in keys
+               if k.startswith(prefix + "pixel_decoder.encoder.layers.")}
+    decoder = {k.split(".")[3] for k in keys
+               if k.startswith(prefix + "transformer_decoder.layers.")}
+    # attention_weights: heads x levels (3) x points (4) rows.
+    weights = keys[prefix + "pixel_decoder.encoder.layers.0.attentions.0.attention_weights.weight"]
+    return {
+        "hidden_dim": hidden,
+        "num_queries": queries,
+        "num_heads": weights[0] // 12,
+        "encoder_ffn": keys[prefix + "pixel_decoder.encoder.layers.0.ffns.0.layers.0.0.weight"][0],
+        "decoder_ffn": keys[prefix + "transformer_decoder.layers.0.ffns.0.layers.0.0.weight"][0],
+        "encoder_layers": len(encoder),
+        "decoder_layers": len(decoder),
+    }
+
+
+def row(entry: dict[str, Any], manifests: Path) -> dict[str, Any]:
     readme_file = entry["file"]
     file = entry.get("hub_file", readme_file)  # the README's link is wrong for one file
     name = file.removesuffix(".pth")
@@ -128,6 +150,9 @@ def row(entry: dict[str, Any]) -> dict[str, Any]:
         "config_repo": entry["config_repo"],
         "released_config": "built_from" not in entry,
         "backbone": arch,
+        # Head sizes that differ between releases of one method, read from the manifest.
+        "head": (mask2former_head(json.loads((manifests / entry["manifest"]).read_text())["keys"])
+                 if entry["method"] == "mask2former" else None),
         "ema_keys": extra["pattern"] if extra else None,
         "default_for": DEFAULT_WEIGHTS.get(file),
     }
@@ -135,7 +160,7 @@ def row(entry: dict[str, Any]) -> dict[str, Any]:
 
 def make_table(manifests: Path) -> str:
     catalog = json.loads((manifests / "catalog.json").read_text())
-    rows = [row(entry) for entry in catalog["entries"]]
+    rows = [row(entry, manifests) for entry in catalog["entries"]]
     names = [r["name"] for r in rows]
     if len(set(names)) != len(names):
         raise SystemExit("two files give the same name")

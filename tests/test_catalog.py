@@ -47,25 +47,15 @@ NOT_YET_BUILT = {
     "dino_4scale_internimage_l_1x_coco_0.1x_backbone_lr",
     "dino_4scale_internimage_l_1x_coco_layer_wise_lr", "dino_4scale_internimage_h_objects365_coco",
     "dino_4scale_internimage_g_objects365_80classes", "dino_4scale_internimage_g_objects365_coco",
-    # Mask2Former and SegFormer.
-    "mask2former_internimage_h_1024x1024_80k_mapillary2cityscapes",
-    "mask2former_internimage_h_480_40k_nyu", "mask2former_internimage_h_480_40k_pascal_context_59",
-    "mask2former_internimage_h_512_40k_cocostuff164k_to_10k",
-    "mask2former_internimage_h_896_80k_cocostuff164k",
-    "mask2former_internimage_h_896_80k_cocostuff2ade20k",
-    "mask2former_internimage_h_896x896_80k_mapillary",
+    # SegFormer.
     "segformer_internimage_l_512x1024_160k_mapillary2cityscapes",
     "segformer_internimage_l_512x1024_80k_mapillary",
     "segformer_internimage_xl_512x1024_160k_mapillary2cityscapes",
     "segformer_internimage_xl_512x1024_80k_mapillary",
-    # FlashInternImage (DCNv4): the detectors and Mask2Former.
+    # FlashInternImage (DCNv4): Cascade and DINO.
     "cascade_flash_internimage_l_fpn_1x_coco", "cascade_flash_internimage_l_fpn_3x_coco",
     "dino_4scale_flash_internimage_t_1x_coco", "dino_4scale_flash_internimage_s_1x_coco",
     "dino_4scale_flash_internimage_b_1x_coco", "dino_4scale_flash_internimage_l_1x_coco",
-    "mask2former_flash_internimage_t_512_160k_ade20k_ss",
-    "mask2former_flash_internimage_s_640_160k_ade20k_ss",
-    "mask2former_flash_internimage_b_640_160k_ade20k_ss",
-    "mask2former_flash_internimage_l_640_160k_ade20k_ss",
 }
 
 

@@ -128,9 +128,9 @@ def test_the_released_models_have_the_published_sizes() -> None:
 def test_other_tasks_and_unbuilt_models_are_refused_by_name() -> None:
     with pytest.raises(UsageError, match="internimage_t_1k_224 is a classification model"):
         create_segmentation_model("internimage_t_1k_224")
-    with pytest.raises(UsageError, match=r"a Mask2Former model \(backbone InternImage-H\), "
+    with pytest.raises(UsageError, match=r"a SegFormer model \(backbone InternImage-L\), "
                                          r"which this library cannot build yet"):
-        create_segmentation_model("mask2former_internimage_h_480_40k_nyu")
+        create_segmentation_model("segformer_internimage_l_512x1024_80k_mapillary")
     with pytest.raises(UsageError, match="no released checkpoint is called 'upernet_x'"):
         create_segmentation_model("upernet_x")
     with pytest.raises(UsageError, match="150 outputs, not 19"):

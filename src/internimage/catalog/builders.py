@@ -50,6 +50,8 @@ BUILDERS: dict[str, str] = {
     "flash_internimage/classifier": "internimage.catalog.builders:build_classifier",
     "flash_internimage/upernet": "internimage.segmentation.pretrained:upernet_for_release",
     "flash_internimage/mask_rcnn": "internimage.detection.pretrained:mask_rcnn_for_release",
+    "internimage/mask2former": "internimage.segmentation.pretrained:mask2former_for_release",
+    "flash_internimage/mask2former": "internimage.segmentation.pretrained:mask2former_for_release",
 }
 
 

@@ -107,6 +107,8 @@ class Release:
         config_repo: Repository of ``config``.
         released_config: False when upstream released no config for this file.
         backbone: Upstream constructor arguments of the backbone.
+        head: Sizes of the head where releases of one method differ (Mask2Former: width,
+            queries, heads, FFN widths, layers); None where the method fixes them.
         ema_keys: Pattern of the extra EMA entries the file may hold (mmdet's EMA hook keeps
             the raw weights under ``ema_*`` names beside the EMA ones); None without.
         default_for: The variant whose ``create_model(variant, pretrained=True)`` loads this
@@ -134,6 +136,7 @@ class Release:
     config_repo: str
     released_config: bool
     backbone: tuple[tuple[str, Any], ...]
+    head: tuple[tuple[str, Any], ...] | None
     ema_keys: str | None
     default_for: str | None
 
@@ -154,6 +157,8 @@ class Release:
         values = {key: _frozen(value) for key, value in row.items()}
         values["metrics"] = tuple((k, float(v)) for k, v in row["metrics"].items())
         values["backbone"] = tuple((k, _frozen(v)) for k, v in row["backbone"].items())
+        if row["head"] is not None:
+            values["head"] = tuple((k, _frozen(v)) for k, v in row["head"].items())
         return cls(**values)
 
     @property
@@ -171,6 +176,10 @@ class Release:
     def backbone_arguments(self) -> dict[str, Any]:
         """Upstream constructor arguments of the backbone (lists as upstream writes them)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.backbone}
+
+    def head_arguments(self) -> dict[str, Any]:
+        """The head sizes of :attr:`head` (empty where the method fixes them)."""
+        return dict(self.head or ())
 
     def metric(self, key: str) -> float | None:
         """A published metric (e.g. ``"top1"``, ``"miou_ss"``, ``"box_ap"``), None if absent."""

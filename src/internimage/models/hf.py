@@ -373,6 +373,13 @@ def _register() -> None:
          WeightRenaming("layer_scale2", "gamma2")],
         overwrite=True,
     )
+    # Mask2Former's config warns about any backbone but Swin; InternImage is one it runs
+    # (upstream's Mask2Former models map onto it key for key).
+    from transformers import Mask2FormerConfig
+
+    if InternImageHFConfig.model_type not in Mask2FormerConfig.backbones_supported:
+        Mask2FormerConfig.backbones_supported = [*Mask2FormerConfig.backbones_supported,
+                                                 InternImageHFConfig.model_type]
 
 
 _register()

@@ -16,10 +16,14 @@ _MODULES = {
         "SegmentationInference", "predict_batch", "predict_logits", "predict_mask",
     ),
     "internimage.segmentation.loading": ("LoadedSegmenter", "load_segmenter"),
+    "internimage.segmentation.mask2former": (
+        "convert_mask2former_state_dict", "mask2former_config", "mask2former_from_mmseg",
+        "mask2former_from_mmseg_config", "mask2former_semantic_logits",
+    ),
     "internimage.segmentation.metrics": ("SegmentationEvaluator",),
     "internimage.segmentation.pretrained": (
-        "upernet_for_release", "create_segmentation_model", "find_segmentation_release",
-        "upernet_model_config",
+        "create_segmentation_model", "find_segmentation_release", "mask2former_for_release",
+        "upernet_for_release", "upernet_model_config",
     ),
     "internimage.segmentation.upernet": (
         "convert_mmseg_state_dict", "from_mmseg", "upernet_config", "upernet_from_mmseg_config",
@@ -33,17 +37,23 @@ __all__ = [
     "SegmentationConfig",
     "SegmentationEvaluator",
     "SegmentationInference",
-    "upernet_for_release",
+    "convert_mask2former_state_dict",
     "convert_mmseg_state_dict",
     "create_segmentation_model",
     "find_segmentation_release",
     "from_mmseg",
     "load_segmenter",
+    "mask2former_config",
+    "mask2former_for_release",
+    "mask2former_from_mmseg",
+    "mask2former_from_mmseg_config",
+    "mask2former_semantic_logits",
     "predict_batch",
     "predict_logits",
     "predict_mask",
     "test_settings",
     "upernet_config",
+    "upernet_for_release",
     "upernet_from_mmseg_config",
     "upernet_model_config",
 ]
@@ -60,10 +70,18 @@ if TYPE_CHECKING:
         LoadedSegmenter,
         load_segmenter,
     )
+    from internimage.segmentation.mask2former import (
+        convert_mask2former_state_dict,
+        mask2former_config,
+        mask2former_from_mmseg,
+        mask2former_from_mmseg_config,
+        mask2former_semantic_logits,
+    )
     from internimage.segmentation.metrics import SegmentationEvaluator
     from internimage.segmentation.pretrained import (
         create_segmentation_model,
         find_segmentation_release,
+        mask2former_for_release,
         upernet_for_release,
         upernet_model_config,
     )

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from transformers import UperNetForSemanticSegmentation
+from torch import nn
+from transformers import Mask2FormerForUniversalSegmentation
 
 from internimage.catalog.builders import (
     BuiltModel,
@@ -20,10 +21,12 @@ from internimage.catalog.builders import (
 )
 from internimage.catalog.table import Release, find_release
 from internimage.errors import UsageError
+from internimage.models.hf import InternImageHFConfig
+from internimage.segmentation.mask2former import convert_mask2former_state_dict, mask2former_config
 from internimage.segmentation.upernet import convert_mmseg_state_dict, upernet_from_mmseg_config
 
-__all__ = ["upernet_for_release", "create_segmentation_model", "find_segmentation_release",
-           "upernet_model_config"]
+__all__ = ["create_segmentation_model", "find_segmentation_release", "mask2former_for_release",
+           "upernet_for_release", "upernet_model_config"]
 
 # Upstream's UperNet configs: UPerHead of 512 channels over all four stages, FCN auxiliary head
 # of 256 channels (one conv) on stage 3 with loss weight 0.4.
@@ -54,6 +57,15 @@ def upernet_for_release(release: Release, num_classes: int) -> BuiltModel:
                       convert_mmseg_state_dict)
 
 
+def mask2former_for_release(release: Release, num_classes: int) -> BuiltModel:
+    """The transformers Mask2Former of an upstream Mask2Former release (random weights) and its
+    key conversion; the head's sizes are the release's (:attr:`Release.head`)."""
+    backbone = InternImageHFConfig(**dense_backbone(release), out_indices=[0, 1, 2, 3])
+    config = mask2former_config(backbone, num_classes=num_classes, **release.head_arguments())
+    return BuiltModel(Mask2FormerForUniversalSegmentation(config),
+                      convert_mask2former_state_dict)
+
+
 def find_segmentation_release(name: str) -> Release:
     """The released segmentation model called ``name`` (name, file name or alias).
 
@@ -74,9 +86,11 @@ def create_segmentation_model(
     *,
     pretrained: bool | str | os.PathLike[str] = False,
     num_classes: int | None = None,
-) -> UperNetForSemanticSegmentation:
+) -> nn.Module:
     """A released segmentation model by name (``internimage list --task
-    semantic_segmentation``).
+    semantic_segmentation``): transformers' ``UperNetForSemanticSegmentation`` (its
+    ``.logits`` at the input size) or ``Mask2FormerForUniversalSegmentation`` (upstream's
+    semantic output: :func:`~internimage.segmentation.mask2former.mask2former_semantic_logits`).
 
     Args:
         name: The release's name, file name or alias, e.g.
@@ -95,9 +109,7 @@ def create_segmentation_model(
     """
     release = find_segmentation_release(name)
     if pretrained is False:
-        model = build_release(release, num_classes).model
-        assert isinstance(model, UperNetForSemanticSegmentation)
-        return model
+        return build_release(release, num_classes).model
     if num_classes not in (None, release.num_classes):
         raise UsageError(
             f"the released weights of {release.name} have {release.num_classes} outputs, not "
@@ -105,5 +117,4 @@ def create_segmentation_model(
         )
     built = build_release(release)
     load_release_weights(built, release, pretrained)
-    assert isinstance(built.model, UperNetForSemanticSegmentation)
     return built.model.eval()
