@@ -79,7 +79,13 @@ def classification_weights(release_name: str) -> PretrainedWeights:
         UsageError: No such release, or not a classifier.
     """
     from internimage.catalog.table import find_release
+    from internimage.models.config import VARIANTS
 
+    if release_name in VARIANTS and release_name not in PRETRAINED:
+        raise UsageError(
+            f"{release_name!r} has no released weights; variants with weights: "
+            f"{', '.join(PRETRAINED)} (or pass a checkpoint path or URL)"
+        )
     release = find_release(release_name)
     if release.task != "classification" or not isinstance(release.test_size, int):
         raise UsageError(f"{release.name} is a {release.task.replace('_', ' ')} model, not an "
@@ -285,17 +291,7 @@ def resolve_pretrained(name: str, pretrained: bool | str | os.PathLike[str]) -> 
         MissingFileError: A local path that does not exist.
     """
     if pretrained is True:
-        weights = PRETRAINED.get(name)
-        if weights is None:
-            from internimage.models.config import VARIANTS
-
-            if name in VARIANTS:
-                raise UsageError(
-                    f"{name!r} has no released weights; variants with weights: "
-                    f"{', '.join(PRETRAINED)} (or pass a checkpoint path or URL as "
-                    f"pretrained=...)"
-                )
-            weights = classification_weights(name)
+        weights = PRETRAINED.get(name) or classification_weights(name)
         return released_file(weights.file_name, repo=weights.hub_repo)
     text = os.fspath(pretrained)
     if text.startswith(("http://", "https://")):
