@@ -74,6 +74,18 @@ def test_operator_backends_agree() -> None:
     assert results[1].error_vs_float32 < 1e-5 and results[0].gflops is None
 
 
+def test_the_dcnv4_operator_is_timed_on_the_same_values() -> None:
+    dcnv3, dcnv4 = (
+        benchmark_operator(channels=8, group=2, size=9, batch=2, repeats=1,
+                           backends=["reference"], operator=operator)[0]
+        for operator in ("dcnv3", "dcnv4")
+    )
+    assert (dcnv3.target, dcnv4.target) == ("dcnv3 C=8 G=2", "dcnv4 C=8 G=2")
+    assert dcnv4.seconds and dcnv4.error_vs_float32 < 1e-5
+    with pytest.raises(ConfigError, match="operator must be one of"):
+        benchmark_operator(operator="dcnv5")
+
+
 def test_bad_choices_name_the_problem() -> None:
     with pytest.raises(ConfigError, match="unknown path jit"):
         benchmark_model(_tiny(), paths=["jit"], image_size=32)

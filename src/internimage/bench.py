@@ -425,18 +425,29 @@ def benchmark_model(
 
 
 class _OperatorCall(nn.Module):
-    """The DCNv3 operator on fixed offsets and point weights, as a module of its input."""
+    """The DCNv3 or DCNv4 operator on fixed offsets and point weights, as a module of its input.
 
-    def __init__(self, offset: torch.Tensor, mask: torch.Tensor, group: int) -> None:
+    ``offset_mask`` is DCNv4's packed tensor; DCNv3 gets ``offset`` and ``mask`` apart.
+    """
+
+    def __init__(self, operator: str, tensors: dict[str, torch.Tensor], group: int) -> None:
         super().__init__()
-        self.register_buffer("offset", offset)
-        self.register_buffer("mask", mask)
+        for name, tensor in tensors.items():
+            self.register_buffer(name, tensor)
+        self.operator = operator
         self.group = group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from internimage.ops import dcnv3
+        from internimage.ops import dcnv3, dcnv4
 
+        if self.operator == "dcnv4":
+            return dcnv4(x, self.offset_mask, group=self.group,
+                         group_channels=x.shape[-1] // self.group)  # [N, H, W, C]
         return dcnv3(x, self.offset, self.mask, group=self.group)  # [N, H, W, C]
+
+
+#: Operators :func:`benchmark_operator` times.
+OPERATORS = ("dcnv3", "dcnv4")
 
 
 def benchmark_operator(
@@ -452,11 +463,14 @@ def benchmark_operator(
     warmup: int = 1,
     repeats: int = 3,
     progress: Progress | None = None,
+    operator: str = "dcnv3",
 ) -> list[Measurement]:
-    """Forward throughput of the DCNv3 operator alone (3 x 3 kernel, stride 1, padding 1).
+    """Forward throughput of the DCNv3 or DCNv4 operator alone (3 x 3 kernel, stride 1,
+    padding 1).
 
-    The defaults are the shape of InternImage-T's first stage at 224 px. Offsets are random
-    (a few pixels), point weights softmax-normalised, as the layer gives them.
+    The defaults are the shape of InternImage-T's (and FlashInternImage-T's) first stage at
+    224 px. Offsets are random (a few pixels), point weights softmax-normalised, as the DCNv3
+    layer gives them (DCNv4 reads the same values from its packed tensor).
 
     Args:
         channels: C of the ``[N, S, S, C]`` input.
@@ -470,15 +484,20 @@ def benchmark_operator(
         warmup: Untimed calls before timing.
         repeats: Timed calls; the fastest counts.
         progress: Called with a line before each configuration.
+        operator: One of :data:`OPERATORS`.
 
     Returns:
         One :class:`Measurement` per configuration (``image_size`` holds S).
     """
     from internimage.ops.backends import BACKENDS, resolve_backend
+    from internimage.ops.geometry import dcnv4_columns
+    from internimage.ops.packing import pack_offset_mask
 
     device = torch.device(device)
     paths = _check_choices(paths, PATHS, "path")
     dtypes = _check_choices(dtypes, tuple(DTYPES), "dtype")
+    if operator not in OPERATORS:
+        raise ConfigError(f"bench: operator must be one of {OPERATORS}, got {operator!r}")
     if min(channels, group, size, batch) < 1 or channels % group:
         raise ConfigError(f"bench: the operator needs positive sizes and channels divisible by "
                           f"group, got channels={channels}, group={group}, size={size}, "
@@ -490,9 +509,14 @@ def benchmark_operator(
     offset = 2 * torch.randn(batch, size, size, group * points * 2, generator=generator)
     logits = torch.randn(batch, size, size, group, points, generator=generator)
     mask = logits.softmax(-1).reshape(batch, size, size, group * points)
-    module = _OperatorCall(offset, mask, group)
+    if operator == "dcnv4":
+        module = _OperatorCall(
+            operator, {"offset_mask": pack_offset_mask(offset, mask, group, points,
+                                                       dcnv4_columns(group, points))}, group)
+    else:
+        module = _OperatorCall(operator, {"offset": offset, "mask": mask}, group)
     return _measure_paths(
-        f"dcnv3 C={channels} G={group}", module,
+        f"{operator} C={channels} G={group}", module,
         lambda n: torch.randn(n, size, size, channels, generator=generator),
         paths=paths, dtypes=dtypes, backends=backends, batches=(batch,), image_size=size,
         device=device, gflop_per_image=None, peak=None, measure_peak=False, warmup=warmup,

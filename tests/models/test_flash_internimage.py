@@ -12,11 +12,12 @@ from safetensors.torch import load_file
 
 import internimage
 from internimage.errors import CheckpointFileError
-from internimage.layers.dcnv4 import DCNv4, packed_columns
+from internimage.layers.dcnv4 import DCNv4
 from internimage.models import CheckpointMismatchError, InternImageConfig, load_checkpoint
 from internimage.models.flash_internimage import FlashInternImage, dense_backbone_arguments
 from internimage.models.internimage import upstream_arguments
 from internimage.ops import use_backend
+from internimage.ops.geometry import dcnv4_columns
 
 
 def _golden(golden_dir: Path) -> tuple[FlashInternImage, dict[str, torch.Tensor]]:
@@ -46,7 +47,7 @@ def test_golden_outputs(golden_dir: Path, backend: str) -> None:
             assert _close(stage, expected[f"stage{i}"]), f"stage {i}"
         # The golden file's padding rows of offset_mask hold garbage; they are never read.
         dcn = model.levels[2].blocks[0].dcn
-        assert dcn.offset_mask.out_features == 112 == packed_columns(4, 9)
+        assert dcn.offset_mask.out_features == 112 == dcnv4_columns(4, 9)
         assert float(dcn.offset_mask.weight[3 * 4 * 9:].abs().max()) > 1
         for module in model.modules():
             if isinstance(module, DCNv4):

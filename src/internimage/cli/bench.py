@@ -24,7 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bench",
         help="measure operator and model throughput on this machine",
-        description="Times the DCNv3 operator alone (InternImage-T's first-stage shape) and a "
+        description="Times the model's operator alone (DCNv3, or DCNv4 for FlashInternImage, at "
+        "the model's first-stage shape) and a "
         "whole model on random inputs for each chosen path (eager, compile: torch.compile of "
         "the whole model, onnxruntime: the exported graph), dtype and DCNv3 backend, and "
         "prints one table: images/s, milliseconds per call, the model's GFLOP/s and its share "
@@ -87,7 +88,13 @@ def run(args: argparse.Namespace) -> int:
                   warmup=args.warmup, repeats=args.repeats, progress=progress)
     measurements = []
     if args.what in ("operator", "both"):
-        measurements += benchmark_operator(batch=max(args.batch), **common)
+        # The operator of the model's family (DCNv4 for FlashInternImage), at its first stage.
+        config = VARIANTS[args.model].config if args.model in VARIANTS else None
+        operator = "dcnv4" if config is not None and config.core_op == "DCNv4" else "dcnv3"
+        shape = ({} if config is None else
+                 {"channels": config.channels, "group": config.stage_groups[0]})
+        measurements += benchmark_operator(batch=max(args.batch), operator=operator, **shape,
+                                           **common)
     if args.what in ("model", "both"):
         measurements += benchmark_model(args.model, batches=args.batch,
                                         image_size=args.image_size, **common)

@@ -3,20 +3,13 @@ DCNv4 operator."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from internimage.ops import dcnv4
-from internimage.ops.geometry import DCNv3Geometry
+from internimage.ops.geometry import DCNv3Geometry, dcnv4_columns
 
-__all__ = ["DCNv4", "packed_columns"]
-
-
-def packed_columns(group: int, points: int) -> int:
-    """Width P of DCNv4's packed offsets-and-weights tensor: ``3*G*K`` rounded up to 8."""
-    return math.ceil(3 * group * points / 8) * 8
+__all__ = ["DCNv4"]
 
 
 class DCNv4(nn.Module):
@@ -25,8 +18,8 @@ class DCNv4(nn.Module):
     ``value_proj`` maps the input to the values that are sampled; ``offset_mask`` predicts, from
     the input (through the depthwise conv ``offset_mask_dw`` when ``dw_kernel_size`` is set, with
     no norm or activation), every group's K offset pairs and K point weights packed in one
-    tensor of :func:`packed_columns` columns; the weights are used as given (no softmax). The
-    sampled values pass through ``output_proj``.
+    tensor of :func:`~internimage.ops.geometry.dcnv4_columns` columns; the weights are used as
+    given (no softmax). The sampled values pass through ``output_proj``.
 
     Args:
         channels: Width C.
@@ -74,7 +67,7 @@ class DCNv4(nn.Module):
         if dw_kernel_size is not None:
             self.offset_mask_dw = nn.Conv2d(channels, channels, dw_kernel_size,
                                             padding=(dw_kernel_size - 1) // 2, groups=channels)
-        self.offset_mask = nn.Linear(channels, packed_columns(group, self.points))
+        self.offset_mask = nn.Linear(channels, dcnv4_columns(group, self.points))
         self.output_proj = nn.Linear(channels, channels, bias=output_bias)
         self.reset_parameters()
 
