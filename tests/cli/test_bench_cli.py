@@ -17,8 +17,9 @@ def test_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     out_file = tmp_path / "bench.json"
     assert main(["bench", *_TINY, "--json", str(out_file)]) == 0
     captured = capsys.readouterr()
-    # Operator (one batch, two backends) then the model (two batches, two backends).
-    assert captured.err.count("\n") == 6 and captured.err.startswith("[1/2] dcnv3 C=64 G=4")
+    # Operator (one batch, two backends; at the model's first stage: atto has 16 channels in 2
+    # groups) then the model (two batches, two backends).
+    assert captured.err.count("\n") == 6 and captured.err.startswith("[1/2] dcnv3 C=16 G=2")
     lines = captured.out.splitlines()
     assert lines[0].startswith("target") and len(lines) == 2 + 6 + 2
     assert lines[-1] == f"measurements written to {out_file}"
@@ -32,6 +33,13 @@ def test_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["bench", *_TINY, "--what", "operator", "--json", str(out_file)]) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert len(json.loads(out_file.read_text())) == 6
+
+
+def test_a_flash_internimage_model_times_dcnv4(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["bench", "--model", "flash_internimage_atto", "--what", "operator", "--batch", "1",
+            "--repeats", "1", "--backends", "reference"]
+    assert main(args) == 0
+    assert capsys.readouterr().err.startswith("[1/1] dcnv4 C=16 G=2")
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -23,7 +23,8 @@ def test_list_prints_every_release_and_says_which_load() -> None:
     assert {line.split()[0] for line in rows if line.endswith(" yes")} == set(built)
     assert lines[-1] == f"{len(RELEASES)} released checkpoints, {len(built)} load in this library"
 
-    result = run_command("list", "*coco*", "--method", "mask_rcnn", "--built", "--json")
+    result = run_command("list", "*coco*", "--method", "mask_rcnn", "--family", "internimage",
+                         "--built", "--json")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert [r["name"] for r in rows] == [
