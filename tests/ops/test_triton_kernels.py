@@ -345,15 +345,17 @@ def _compile_for_hopper() -> dict[str, dict[str, int]]:
 
     assert os.environ.get("TRITON_INTERPRET", "0") != "1"
     ints = {"num_pixels", "height", "width", "channels", "out_width", "out_pixels", "groups",
-            "stride", "centre_shift"}
+            "columns", "stride", "centre_shift"}
     report = {}
     for name, kernel, backward in (("forward", triton_kernels._dcnv3_forward_kernel, False),
                                    ("backward", triton_kernels._dcnv3_backward_kernel, True)):
-        for dtype, pointer in ((torch.bfloat16, "*bf16"),):
+        # PACKED: DCNv4's layout, which only changes where the offsets and weights are read.
+        for dtype, pointer, packed in ((torch.bfloat16, "*bf16", False),
+                                       (torch.bfloat16, "*bf16", True)):
             config = triton_kernels.launch_config(16, backward, 9, dtype)
             constants = {"GROUP_CHANNELS": 16, "POINTS": 9, "BLOCK_Q": config.block_q,
                          "BLOCK_D": config.block_d, "COMPUTE": tl.float32,
-                         "UNROLL": config.unroll}
+                         "UNROLL": config.unroll, "PACKED": packed}
             signature: dict[str, str] = {}
             attrs = {}
             for index, arg in enumerate(kernel.arg_names):
@@ -371,7 +373,8 @@ def _compile_for_hopper() -> dict[str, dict[str, int]]:
             source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
             ptx = compile(source, target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": config.num_warps}).asm["ptx"]
-            report[f"{name}_{str(dtype).replace('torch.', '')}"] = {
+            suffix = "_dcnv4" if packed else ""
+            report[f"{name}_{str(dtype).replace('torch.', '')}{suffix}"] = {
                 # Loads of 8 or 16 bytes (2 or 4 32-bit words) per thread.
                 "vector_loads": len(re.findall(r"ld\.global[.\w:]*\.v[24]\.b32", ptx)),
                 "vector_f32_atomics": ptx.count("add.v4.f32"),
@@ -394,6 +397,7 @@ def test_kernels_compile_for_hopper_with_vectorised_memory_access() -> None:
         assert counts["vector_loads"] > 0, (name, counts)
     # The input gradient is scattered with 4-wide float32 reductions.
     assert report["backward_bfloat16"]["vector_f32_atomics"] > 0, report
+    assert report["backward_bfloat16_dcnv4"]["vector_f32_atomics"] > 0, report
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,10 @@ import torch
 
 from internimage.ops.geometry import (
     DCNv3Geometry,
-    dcnv4_columns,
     dcnv4_geometry,
     validate_dcnv4_inputs,
     validate_inputs,
 )
-from internimage.ops.packing import pack_offset_mask, unpack_offset_mask
 
 __all__ = ["dcnv3_backward_op", "dcnv3_op", "dcnv4_backward_op", "dcnv4_op"]
 
@@ -165,7 +163,8 @@ dcnv3_op.register_autograd(_backward, setup_context=_setup_context)
 
 # ------------------------------------------------------------------------------------- DCNv4
 # DCNv4 samples as DCNv3 does; only its offsets and weights come packed in one tensor (see
-# internimage.ops.packing). The same kernels compute it.
+# internimage.ops.packing). The same kernels compute it, reading that tensor in place (no
+# unpacking copy) and writing its gradient in the same layout.
 
 
 @torch.library.custom_op("internimage::dcnv4", mutates_args=(), device_types=("cpu", "cuda"))
@@ -186,8 +185,7 @@ def dcnv4_op(
     geometry = dcnv4_geometry(kernel_size, stride, pad, dilation, group, offset_scale,
                               remove_center)
     validate_dcnv4_inputs(input, offset_mask, geometry, group_channels)
-    offset, mask = unpack_offset_mask(offset_mask, group, geometry.points)
-    return _kernels(backend).forward(input.contiguous(), offset, mask, geometry)
+    return _kernels(backend).forward_dcnv4(input.contiguous(), offset_mask.contiguous(), geometry)
 
 
 @dcnv4_op.register_fake
@@ -227,12 +225,9 @@ def dcnv4_backward_op(
         )
     if backend == "triton":
         _alert_not_deterministic("dcnv4")
-    offset, mask = unpack_offset_mask(offset_mask, group, geometry.points)
-    grad_input, grad_offset, grad_mask = _kernels(backend).backward(
-        grad_output.contiguous(), input.contiguous(), offset, mask, geometry
+    return _kernels(backend).backward_dcnv4(
+        grad_output.contiguous(), input.contiguous(), offset_mask.contiguous(), geometry
     )
-    columns = dcnv4_columns(group, geometry.points)
-    return grad_input, pack_offset_mask(grad_offset, grad_mask, group, geometry.points, columns)
 
 
 @dcnv4_backward_op.register_fake

@@ -25,6 +25,10 @@ or missing before Hopper); ``grad_offset`` and ``grad_mask`` are reductions over
 one (pixel, group, point), written without atomics. The atomics make ``grad_input`` reproducible
 only up to float32 summation order.
 
+DCNv4 runs the same kernels with ``PACKED``: its packed ``offset_mask`` is passed as both the offset
+and the mask tensor and read in place, each group's K (dx, dy) pairs then K weights at column 3Kg of
+a pixel's row of ``columns`` entries; the padding columns are never read or written.
+
 Index arithmetic that scales with the tensor size runs in int64, so tensors over 2**31 elements
 are addressed correctly.
 """
@@ -39,9 +43,10 @@ import torch
 import triton
 import triton.language as tl
 
-from internimage.ops.geometry import DCNv3Geometry
+from internimage.ops.geometry import DCNv3Geometry, dcnv4_columns
 
-__all__ = ["LaunchConfig", "backward", "forward", "launch_config"]
+__all__ = ["LaunchConfig", "backward", "backward_dcnv4", "forward", "forward_dcnv4",
+           "launch_config"]
 
 
 # ----------------------------------------------------------------------------------- kernels
@@ -148,12 +153,31 @@ def _forward_point(
 
 
 @triton.jit
+def _point_rows(q, g, groups, columns, POINTS: tl.constexpr, PACKED: tl.constexpr):
+    """Index of point 0's dx and of its weight for group ``g`` of pixels ``q``, ``[BLOCK_Q]``.
+
+    Point p's dx, dy and weight follow at ``+2p``, ``+2p + 1`` and ``+p``. DCNv3: offsets
+    ``[N*Ho*Wo, G, K, 2]`` and mask ``[N*Ho*Wo, G, K]`` in two tensors. DCNv4 (``PACKED``): one
+    ``[N*Ho*Wo, columns]`` tensor in which group g has its K (dx, dy) pairs at column 3Kg and
+    its K weights right after them; the padding columns are never addressed.
+    """
+    if PACKED:
+        offset_index = q * columns + g * (POINTS * 3)
+        mask_index = offset_index + POINTS * 2
+    else:
+        offset_index = q * (groups * POINTS * 2) + g * (POINTS * 2)
+        mask_index = q * (groups * POINTS) + g * POINTS
+    return offset_index, mask_index
+
+
+@triton.jit
 def _dcnv3_forward_kernel(
     input_ptr, offset_ptr, mask_ptr, grid_ptr, out_ptr,
-    num_pixels, height, width, channels, out_width, out_pixels, groups,
+    num_pixels, height, width, channels, out_width, out_pixels, groups, columns,
     stride, centre_shift, offset_scale,
     GROUP_CHANNELS: tl.constexpr, POINTS: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, COMPUTE: tl.constexpr, UNROLL: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     pid_q = tl.program_id(0)
     g = tl.program_id(1)
@@ -164,8 +188,9 @@ def _dcnv3_forward_kernel(
     dm = _channel_mask(GROUP_CHANNELS, BLOCK_D)
     # [BLOCK_Q, 1]: this group's channels of each pixel's image in [N, H, W, G*D].
     image = input_ptr + (n * height * width * channels + g * GROUP_CHANNELS)[:, None]
-    offset_row = offset_ptr + q * (groups * POINTS * 2) + g * (POINTS * 2)
-    mask_row = mask_ptr + q * (groups * POINTS) + g * POINTS
+    offset_index, mask_index = _point_rows(q, g, groups, columns, POINTS, PACKED)
+    offset_row = offset_ptr + offset_index
+    mask_row = mask_ptr + mask_index
     acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=COMPUTE)
     if UNROLL:
         # Unrolled: the gathers of all points can be in flight together.
@@ -235,10 +260,11 @@ def _backward_point(
 def _dcnv3_backward_kernel(
     grad_out_ptr, input_ptr, offset_ptr, mask_ptr, grid_ptr,
     grad_input_ptr, grad_offset_ptr, grad_mask_ptr,
-    num_pixels, height, width, channels, out_width, out_pixels, groups,
+    num_pixels, height, width, channels, out_width, out_pixels, groups, columns,
     stride, centre_shift, offset_scale,
     GROUP_CHANNELS: tl.constexpr, POINTS: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, COMPUTE: tl.constexpr, UNROLL: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     pid_q = tl.program_id(0)
     g = tl.program_id(1)
@@ -254,8 +280,7 @@ def _dcnv3_backward_kernel(
     # The output gradient of this block is read once and reused by every point.
     go_ptrs = grad_out_ptr + (q * channels + g * GROUP_CHANNELS)[:, None] + ch
     go = tl.load(go_ptrs, mask=q_valid[:, None] & dm, other=0.0).to(COMPUTE)
-    offset_index = q * (groups * POINTS * 2) + g * (POINTS * 2)
-    mask_index = q * (groups * POINTS) + g * POINTS
+    offset_index, mask_index = _point_rows(q, g, groups, columns, POINTS, PACKED)
     offset_row = offset_ptr + offset_index
     mask_row = mask_ptr + mask_index
     grad_offset_row = grad_offset_ptr + offset_index
@@ -362,6 +387,19 @@ def _common_args(
     return n, h, w, c, ho, wo
 
 
+def _packed_args(
+    input: torch.Tensor, offset_mask: torch.Tensor, geometry: DCNv3Geometry
+) -> int:
+    """Check a DCNv4 call's tensors; returns the packed width P."""
+    n, h, w, c = input.shape
+    if c % geometry.group != 0:
+        raise ValueError(f"dcnv4 triton: channels {c} not divisible by group {geometry.group}")
+    ho, wo = geometry.output_size(h, w)
+    columns = dcnv4_columns(geometry.group, geometry.points)
+    _check("offset_mask", offset_mask, (n, ho, wo, columns), input.dtype)
+    return columns
+
+
 def _check_config(config: LaunchConfig, group_channels: int) -> None:
     if config.block_d < group_channels or config.block_d & (config.block_d - 1):
         raise ValueError(f"dcnv3 triton: block_d={config.block_d} must be a power of two >= "
@@ -391,7 +429,40 @@ def forward(
     """
     # The kernels index dense NHWC memory; no copy when already contiguous.
     input, offset, mask = input.contiguous(), offset.contiguous(), mask.contiguous()
-    n, h, w, c, ho, wo = _common_args(input, offset, mask, geometry)
+    _common_args(input, offset, mask, geometry)
+    return _forward(input, offset, mask, geometry, config, 0)
+
+
+def forward_dcnv4(
+    input: torch.Tensor,
+    offset_mask: torch.Tensor,
+    geometry: DCNv3Geometry,
+    config: LaunchConfig | None = None,
+) -> torch.Tensor:
+    """DCNv4 forward: the DCNv3 kernel reading the packed ``offset_mask`` in place.
+
+    Args:
+        input: ``[N, H, W, G*D]``, contiguous, float16/bfloat16/float32/float64.
+        offset_mask: ``[N, Ho, Wo, P]``, DCNv4's packed offsets and weights (see
+            :mod:`internimage.ops.packing`), same dtype; the padding columns are never read.
+        geometry: The operator's scalar arguments.
+        config: Launch configuration; default :func:`launch_config`.
+
+    Returns:
+        ``[N, Ho, Wo, G*D]`` in the dtype of ``input``.
+    """
+    input, offset_mask = input.contiguous(), offset_mask.contiguous()
+    columns = _packed_args(input, offset_mask, geometry)
+    return _forward(input, offset_mask, offset_mask, geometry, config, columns)
+
+
+def _forward(
+    input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, geometry: DCNv3Geometry,
+    config: LaunchConfig | None, columns: int,
+) -> torch.Tensor:
+    """Launch the forward kernel; ``columns`` > 0 selects DCNv4's packed layout."""
+    n, h, w, c = input.shape
+    ho, wo = geometry.output_size(h, w)
     out = torch.empty(n, ho, wo, c, dtype=input.dtype, device=input.device)
     if out.numel() == 0:
         return out
@@ -403,11 +474,11 @@ def forward(
     with _device_scope(input):
         _dcnv3_forward_kernel[launch](
             input, offset, mask, _device_grid(geometry, input.device), out,
-            num_pixels, h, w, c, wo, ho * wo, geometry.group,
+            num_pixels, h, w, c, wo, ho * wo, geometry.group, columns,
             geometry.stride, geometry.half - geometry.pad, float(geometry.offset_scale),
             GROUP_CHANNELS=d, POINTS=geometry.points, BLOCK_Q=config.block_q,
             BLOCK_D=config.block_d, COMPUTE=_compute_type(input.dtype),
-            UNROLL=config.unroll, num_warps=config.num_warps,
+            UNROLL=config.unroll, PACKED=columns > 0, num_warps=config.num_warps,
         )
     return out
 
@@ -437,13 +508,57 @@ def backward(
     grad_output = grad_output.contiguous()
     n, h, w, c, ho, wo = _common_args(input, offset, mask, geometry)
     _check("grad_output", grad_output, (n, ho, wo, c), input.dtype)
+    grad_offset = torch.zeros_like(offset)
+    grad_mask = torch.zeros_like(mask)
+    grad_input = _backward(grad_output, input, offset, mask, grad_offset, grad_mask, geometry,
+                           config, 0)
+    return grad_input, grad_offset, grad_mask
+
+
+def backward_dcnv4(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    offset_mask: torch.Tensor,
+    geometry: DCNv3Geometry,
+    config: LaunchConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of the DCNv4 forward, reading and writing the packed layout in place.
+
+    Args:
+        grad_output: ``[N, Ho, Wo, G*D]``, contiguous, dtype of ``input``.
+        input: ``[N, H, W, G*D]``.
+        offset_mask: ``[N, Ho, Wo, P]``, DCNv4's packed offsets and weights.
+        geometry: The operator's scalar arguments.
+        config: Launch configuration; default :func:`launch_config`.
+
+    Returns:
+        ``(grad_input, grad_offset_mask)`` with the shapes and dtypes of the inputs; the padding
+        columns of ``grad_offset_mask`` are exactly zero (the kernel never writes them).
+    """
+    input, offset_mask = input.contiguous(), offset_mask.contiguous()
+    grad_output = grad_output.contiguous()
+    columns = _packed_args(input, offset_mask, geometry)
+    _check("grad_output", grad_output, (*offset_mask.shape[:3], input.shape[3]), input.dtype)
+    grad_offset_mask = torch.zeros_like(offset_mask)
+    grad_input = _backward(grad_output, input, offset_mask, offset_mask, grad_offset_mask,
+                           grad_offset_mask, geometry, config, columns)
+    return grad_input, grad_offset_mask
+
+
+def _backward(
+    grad_output: torch.Tensor, input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor,
+    grad_offset: torch.Tensor, grad_mask: torch.Tensor, geometry: DCNv3Geometry,
+    config: LaunchConfig | None, columns: int,
+) -> torch.Tensor:
+    """Launch the backward kernel, which writes ``grad_offset`` and ``grad_mask`` (zero-filled,
+    in the layout of ``offset`` and ``mask``); returns the input gradient."""
+    n, h, w, c = input.shape
+    ho, wo = geometry.output_size(h, w)
     # Atomics accumulate in float32 (float64 for float64 inputs), then one cast.
     accumulate = torch.float64 if input.dtype == torch.float64 else torch.float32
     grad_input = torch.zeros(n, h, w, c, dtype=accumulate, device=input.device)
-    grad_offset = torch.zeros_like(offset)
-    grad_mask = torch.zeros_like(mask)
     if n == 0 or c == 0:
-        return grad_input.to(input.dtype), grad_offset, grad_mask
+        return grad_input.to(input.dtype)
     d = c // geometry.group
     config = config or launch_config(d, True, geometry.points, input.dtype)
     _check_config(config, d)
@@ -453,10 +568,10 @@ def backward(
         _dcnv3_backward_kernel[launch](
             grad_output, input, offset, mask, _device_grid(geometry, input.device),
             grad_input, grad_offset, grad_mask,
-            num_pixels, h, w, c, wo, ho * wo, geometry.group,
+            num_pixels, h, w, c, wo, ho * wo, geometry.group, columns,
             geometry.stride, geometry.half - geometry.pad, float(geometry.offset_scale),
             GROUP_CHANNELS=d, POINTS=geometry.points, BLOCK_Q=config.block_q,
             BLOCK_D=config.block_d, COMPUTE=_compute_type(input.dtype),
-            UNROLL=config.unroll, num_warps=config.num_warps,
+            UNROLL=config.unroll, PACKED=columns > 0, num_warps=config.num_warps,
         )
-    return grad_input.to(input.dtype), grad_offset, grad_mask
+    return grad_input.to(input.dtype)
