@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from command_line import COMMAND
 from hub_cache import hub_snapshot
@@ -203,9 +204,16 @@ def _checkpoint_files(folder: Path) -> dict[str, tuple[Path, str]]:
         path = folder / f"{name}.pt"
         path.write_bytes(payload)
         out[name] = (path, expected)
-    safetensors = folder / "broken.safetensors"
-    safetensors.write_bytes(b"\xff" * 64)
-    out["safetensors"] = (safetensors, "not a valid safetensors file")
+    # The content decides the format: garbage named .safetensors is no checkpoint at all, and
+    # a safetensors file cut short (its header intact) is a damaged safetensors file.
+    garbage = folder / "garbage.safetensors"
+    garbage.write_bytes(b"\xff" * 64)
+    out["garbage named safetensors"] = (garbage, "not a checkpoint")
+    whole = folder / "whole.safetensors"
+    save_file({"weight": torch.ones(64, 64)}, str(whole))
+    cut = folder / "cut.pth"
+    cut.write_bytes(whole.read_bytes()[:-100])
+    out["safetensors cut short"] = (cut, "not a valid safetensors file")
     return out
 
 
