@@ -33,6 +33,7 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, roi_align
@@ -51,12 +52,16 @@ __all__ = [
     "SymmetricClampBoxCoder",
     "build_mask_rcnn",
     "detection_param_groups",
+    "mask_head_and_predictor",
+    "two_stage_detector",
 ]
 
 #: Strides of the five FPN outputs P2..P6.
 FPN_STRIDES = (4, 8, 16, 32, 64)
 #: Names of the FPN outputs, as torchvision's detectors key them.
 FPN_NAMES = ("0", "1", "2", "3", "pool")
+#: Largest ``|dw|``, ``|dh|`` of a decoded box: mmdet's ``log(1000 / 16)``.
+BOX_CLIP = math.log(1000.0 / 16)
 
 
 @dataclass(frozen=True)
@@ -274,7 +279,44 @@ class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
 
 class FractionalAnchorGenerator(AnchorGenerator):
     """torchvision's anchor generator with the base anchors left fractional, as mmdet has them
-    (torchvision rounds the corners of each base anchor to integers)."""
+    (torchvision rounds the corners of each base anchor to integers), and with the levels'
+    strides fixed when given.
+
+    torchvision infers a level's stride as ``padded image side // map side``, which is wrong
+    whenever the padded side is not a multiple of the stride (a 160-pixel-wide batch has a
+    3-wide P6, and 160 // 3 = 53, not 64); mmdet places the anchors at the true strides.
+
+    Args:
+        sizes: Anchor sizes per level (torchvision's argument).
+        aspect_ratios: Aspect ratios per level (torchvision's argument).
+        strides: The stride of each level; ``None``: inferred, as torchvision does.
+    """
+
+    def __init__(
+        self,
+        sizes: tuple[tuple[float, ...], ...],
+        aspect_ratios: tuple[tuple[float, ...], ...],
+        strides: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__(sizes, aspect_ratios)
+        if strides is not None and len(strides) != len(sizes):
+            raise ConfigError(f"one stride per level needed, got {list(strides)} for "
+                              f"{len(sizes)} levels")
+        self.strides = None if strides is None else [int(s) for s in strides]
+
+    def forward(
+        self, image_list: ImageList, feature_maps: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Anchors of every image, ``[sum_l H_l * W_l * A, 4]`` each (level, row, column,
+        anchor order: the order of the RPN head's flattened outputs)."""
+        if self.strides is None:
+            return super().forward(image_list, feature_maps)
+        grid_sizes = [list(m.shape[-2:]) for m in feature_maps]
+        dtype, device = feature_maps[0].dtype, feature_maps[0].device
+        strides = [[torch.tensor(s, dtype=torch.int64, device=device)] * 2 for s in self.strides]
+        self.set_cell_anchors(dtype, device)
+        anchors = torch.cat(self.grid_anchors(grid_sizes, strides))
+        return [anchors for _ in image_list.image_sizes]
 
     def generate_anchors(
         self,
@@ -335,6 +377,44 @@ def build_mask_rcnn(
     Raises:
         ConfigError: ``num_classes < 1``.
     """
+    width = (heads or DetectorHeads()).fpn_channels
+    fc = (heads or DetectorHeads()).box_fc_channels
+    return two_stage_detector(
+        backbone, num_classes=num_classes, heads=heads, settings=settings,
+        frozen_stages=frozen_stages,
+        box_head=TwoMLPHead(width * 7 * 7, fc),
+        box_predictor=FastRCNNPredictor(fc, num_classes + 1),
+    )
+
+
+def mask_head_and_predictor(
+    heads: DetectorHeads, num_classes: int
+) -> tuple[MaskRCNNHeads, MaskRCNNPredictor]:
+    """mmdet's ``FCNMaskHead`` from torchvision's parts: ``mask_convs`` 3x3 convolutions with
+    ReLU, a stride-2 deconvolution with ReLU and a 1x1 convolution to ``num_classes + 1``
+    logits (background first), ``[K, C, 14, 14]`` -> ``[K, num_classes + 1, 28, 28]``."""
+    return (
+        MaskRCNNHeads(heads.fpn_channels, [heads.mask_channels] * heads.mask_convs, dilation=1),
+        MaskRCNNPredictor(heads.mask_channels, heads.mask_channels, num_classes + 1),
+    )
+
+
+def two_stage_detector(
+    backbone: InternImage | InternImageFeatures,
+    *,
+    num_classes: int,
+    heads: DetectorHeads | None,
+    settings: DetectorSettings | None,
+    frozen_stages: int,
+    box_head: nn.Module,
+    box_predictor: nn.Module,
+) -> MaskRCNN:
+    """The parts every detector here shares: backbone and FPN, mmdet's anchors, RPN, RoI
+    pooling and box coders, and a mask head; the box head is the caller's.
+
+    See :func:`build_mask_rcnn` for the arguments; ``box_head`` maps ``[K, C, 7, 7]`` pooled
+    features to ``[K, F]``, and ``box_predictor`` those to class logits and box deltas.
+    """
     if num_classes < 1:
         raise ConfigError(f"a detector needs at least one object class, got {num_classes}")
     heads = heads or DetectorHeads()
@@ -346,8 +426,9 @@ def build_mask_rcnn(
     anchors = FractionalAnchorGenerator(
         sizes=tuple((heads.anchor_scale * s,) for s in FPN_STRIDES),
         aspect_ratios=(ratios,) * len(FPN_STRIDES),
+        strides=FPN_STRIDES,
     )
-    width = heads.fpn_channels
+    mask_head, mask_predictor = mask_head_and_predictor(heads, num_classes)
     model = MaskRCNN(
         fpn,
         num_classes=None,
@@ -356,7 +437,7 @@ def build_mask_rcnn(
         image_mean=list(settings.image_mean),
         image_std=list(settings.image_std),
         rpn_anchor_generator=anchors,
-        rpn_head=RPNHead(width, len(ratios)),
+        rpn_head=RPNHead(heads.fpn_channels, len(ratios)),
         rpn_pre_nms_top_n_train=settings.rpn_pre_nms_train,
         rpn_pre_nms_top_n_test=settings.rpn_pre_nms_test,
         rpn_post_nms_top_n_train=settings.rpn_post_nms_train,
@@ -365,21 +446,19 @@ def build_mask_rcnn(
         rpn_batch_size_per_image=settings.rpn_batch,
         rpn_positive_fraction=settings.rpn_positive_fraction,
         box_roi_pool=AlignedMultiScaleRoIAlign(FPN_NAMES[:4], FPN_STRIDES[:4], 7),
-        box_head=TwoMLPHead(width * 7 * 7, heads.box_fc_channels),
-        box_predictor=FastRCNNPredictor(heads.box_fc_channels, num_classes + 1),
+        box_head=box_head,
+        box_predictor=box_predictor,
         box_score_thresh=settings.score_threshold,
         box_nms_thresh=settings.nms,
         box_detections_per_img=settings.detections_per_image,
         box_batch_size_per_image=settings.roi_batch,
         box_positive_fraction=settings.roi_positive_fraction,
         mask_roi_pool=AlignedMultiScaleRoIAlign(FPN_NAMES[:4], FPN_STRIDES[:4], 14),
-        mask_head=MaskRCNNHeads(width, [heads.mask_channels] * heads.mask_convs, dilation=1),
-        mask_predictor=MaskRCNNPredictor(heads.mask_channels, heads.mask_channels,
-                                         num_classes + 1),
+        mask_head=mask_head,
+        mask_predictor=mask_predictor,
     )
-    clip = math.log(1000.0 / 16)
-    model.rpn.box_coder = SymmetricClampBoxCoder((1.0, 1.0, 1.0, 1.0), clip)
-    model.roi_heads.box_coder = SymmetricClampBoxCoder((10.0, 10.0, 5.0, 5.0), clip)
+    model.rpn.box_coder = SymmetricClampBoxCoder((1.0, 1.0, 1.0, 1.0), BOX_CLIP)
+    model.roi_heads.box_coder = SymmetricClampBoxCoder((10.0, 10.0, 5.0, 5.0), BOX_CLIP)
     return model
 
 
