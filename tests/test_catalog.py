@@ -35,9 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 NOT_YET_BUILT = {
     # InternImage-H with upstream's iNaturalist meta-data head (InternImageMetaFormer).
     "internimage_h_22ktoinat18_384",
-    # Cascade Mask R-CNN.
-    "cascade_internimage_l_fpn_1x_coco", "cascade_internimage_l_fpn_3x_coco",
-    "cascade_internimage_xl_fpn_1x_coco", "cascade_internimage_xl_fpn_3x_coco",
     # DINO and CB-InternImage DINO.
     "dino_4scale_cbinternimage_h_objects365_20classes",
     "dino_4scale_cbinternimage_h_objects365_80classes",
@@ -52,8 +49,7 @@ NOT_YET_BUILT = {
     "segformer_internimage_l_512x1024_80k_mapillary",
     "segformer_internimage_xl_512x1024_160k_mapillary2cityscapes",
     "segformer_internimage_xl_512x1024_80k_mapillary",
-    # FlashInternImage (DCNv4): Cascade and DINO.
-    "cascade_flash_internimage_l_fpn_1x_coco", "cascade_flash_internimage_l_fpn_3x_coco",
+    # FlashInternImage (DCNv4): DINO.
     "dino_4scale_flash_internimage_t_1x_coco", "dino_4scale_flash_internimage_s_1x_coco",
     "dino_4scale_flash_internimage_b_1x_coco", "dino_4scale_flash_internimage_l_1x_coco",
 }

@@ -146,6 +146,6 @@ def test_bad_requests_are_named() -> None:
     with pytest.raises(UsageError, match="upernet_internimage_t_512_160k_ade20k is a semantic "
                                          "segmentation model, not a detector"):
         create_detection_model("upernet_internimage_t_512_160k_ade20k")
-    with pytest.raises(UsageError, match=r"Cascade Mask R-CNN model \(backbone InternImage-L\), "
-                                         r"which this library cannot build yet"):
-        create_detection_model("cascade_internimage_l_fpn_3x_coco")
+    with pytest.raises(UsageError, match=r"DINO model \(backbone InternImage-T\), which this "
+                                         r"library cannot build yet"):
+        create_detection_model("dino_4scale_internimage_t_1x_coco")

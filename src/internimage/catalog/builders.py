@@ -52,6 +52,10 @@ BUILDERS: dict[str, str] = {
     "flash_internimage/mask_rcnn": "internimage.detection.pretrained:mask_rcnn_for_release",
     "internimage/mask2former": "internimage.segmentation.pretrained:mask2former_for_release",
     "flash_internimage/mask2former": "internimage.segmentation.pretrained:mask2former_for_release",
+    "internimage/cascade_mask_rcnn":
+        "internimage.detection.pretrained:cascade_mask_rcnn_for_release",
+    "flash_internimage/cascade_mask_rcnn":
+        "internimage.detection.pretrained:cascade_mask_rcnn_for_release",
 }
 
 

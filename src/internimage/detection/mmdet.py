@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 from torchvision.models.detection import MaskRCNN
 
 from internimage.detection.model import (
@@ -45,7 +46,8 @@ from internimage.models.checkpoint import load_converted_strictly
 from internimage.models.flash_internimage import build_upstream_backbone, dense_backbone_arguments
 from internimage.models.internimage import FLASH_UPSTREAM_DEFAULTS, UPSTREAM_DEFAULTS
 
-__all__ = ["convert_mmdet_state_dict", "from_mmdet", "mask_rcnn_from_mmdet_config"]
+__all__ = ["cascade_mask_rcnn_from_mmdet_config", "convert_mmdet_state_dict",
+           "detector_from_mmdet_config", "from_mmdet", "mask_rcnn_from_mmdet_config"]
 
 # Entries that describe training, initialisation or losses rather than the network.
 _IGNORED = ("type", "init_cfg", "loss_cls", "loss_bbox", "loss_mask", "norm_cfg", "act_cfg",
@@ -82,29 +84,22 @@ def _coder_stds(name: str, coder: Any, expected: Sequence[float]) -> None:
             [float(v) for v in coder.get("target_stds", expected)], [float(v) for v in expected])
 
 
-def mask_rcnn_from_mmdet_config(
-    model_cfg: Mapping[str, Any], *, settings: DetectorSettings | None = None
-) -> tuple[MaskRCNN, int]:
-    """An untrained torchvision Mask R-CNN with the architecture of an upstream mmdet config.
-
-    Args:
-        model_cfg: The ``model`` dict of an mmdet config: ``backbone`` (upstream InternImage
-            arguments), ``neck`` (FPN), ``rpn_head`` (RPNHead), and ``roi_head`` with
-            ``bbox_head`` (Shared2FCBBoxHead) and ``mask_head`` (FCNMaskHead); ``bbox_head`` and
-            ``mask_head`` are also accepted at the top level. Losses, initialisation, norm and
-            training/test settings are accepted and not used.
-        settings: Resizing and post-processing (default: upstream's COCO test settings).
+def _shared_parts(
+    model_cfg: Mapping[str, Any], roi_known: Sequence[str] = ()
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Parse what Mask R-CNN and Cascade Mask R-CNN configs share: backbone, neck, RPN and RoI
+    extractors.
 
     Returns:
-        The model and its number of object classes (the model has one more: the background).
-
-    Raises:
-        ConfigError: An unknown entry, or a setting the torchvision model cannot express.
+        The backbone, the :class:`DetectorHeads` fields of the neck and RPN, and the
+        ``roi_head`` dict (with ``bbox_head`` and ``mask_head`` taken from the top level when
+        given there).
     """
     model_cfg = _section("model", model_cfg, ("backbone", "neck", "rpn_head", "roi_head",
                                                "bbox_head", "mask_head"))
     roi = _section("roi_head", model_cfg.get("roi_head", {}),
-                   ("bbox_roi_extractor", "mask_roi_extractor", "bbox_head", "mask_head"))
+                   ("bbox_roi_extractor", "mask_roi_extractor", "bbox_head", "mask_head",
+                    *roi_known))
     for part in ("bbox_head", "mask_head"):
         if part in model_cfg:
             if part in roi:
@@ -179,6 +174,50 @@ def mask_rcnn_from_mmdet_config(
                 list(spec.get("featmap_strides", FPN_STRIDES[:4])), list(FPN_STRIDES[:4]))
         _expect(f"roi_head.{extractor}", "finest_scale", spec.get("finest_scale", 56), 56)
 
+    fields = {"fpn_channels": channels, "anchor_scale": scales[0],
+              "anchor_ratios": tuple(float(v) for v in anchor.get("ratios", (0.5, 1.0, 2.0))),
+              "fpn_norm": fpn_norm}
+    return classifier, fields, roi
+
+
+def _mask_head(name: str, spec: Any, channels: int, num_classes: int) -> dict[str, int]:
+    """The :class:`DetectorHeads` fields of an mmdet ``FCNMaskHead`` config."""
+    mask = _section(name, spec, ("num_convs", "in_channels", "conv_out_channels", "num_classes",
+                                 "roi_feat_size", "conv_kernel_size", "upsample_cfg",
+                                 "class_agnostic"))
+    _expect(name, "in_channels", mask.get("in_channels", channels), channels)
+    _expect(name, "num_classes", mask.get("num_classes", num_classes), num_classes)
+    _expect(name, "roi_feat_size", mask.get("roi_feat_size", 14), 14)
+    _expect(name, "conv_kernel_size", mask.get("conv_kernel_size", 3), 3)
+    _expect(name, "class_agnostic", mask.get("class_agnostic", False), False)
+    return {"mask_convs": int(mask.get("num_convs", 4)),
+            "mask_channels": int(mask.get("conv_out_channels", 256))}
+
+
+def mask_rcnn_from_mmdet_config(
+    model_cfg: Mapping[str, Any], *, settings: DetectorSettings | None = None
+) -> tuple[MaskRCNN, int]:
+    """An untrained torchvision Mask R-CNN with the architecture of an upstream mmdet config.
+
+    Args:
+        model_cfg: The ``model`` dict of an mmdet config: ``backbone`` (upstream InternImage
+            arguments), ``neck`` (FPN), ``rpn_head`` (RPNHead), and ``roi_head`` with
+            ``bbox_head`` (Shared2FCBBoxHead) and ``mask_head`` (FCNMaskHead); ``bbox_head`` and
+            ``mask_head`` are also accepted at the top level. Losses, initialisation, norm and
+            training/test settings are accepted and not used.
+        settings: Resizing and post-processing (default: upstream's COCO test settings).
+
+    Returns:
+        The model and its number of object classes (the model has one more: the background).
+
+    Raises:
+        ConfigError: An unknown entry, or a setting the torchvision model cannot express.
+    """
+    if model_cfg.get("type", "MaskRCNN") != "MaskRCNN":
+        raise ConfigError(f"model type {model_cfg.get('type')!r} is not Mask R-CNN "
+                          f"(detector_from_mmdet_config builds every supported type)")
+    classifier, fields, roi = _shared_parts(model_cfg)
+    channels = fields["fpn_channels"]
     box = _section("roi_head.bbox_head", roi["bbox_head"],
                    ("in_channels", "fc_out_channels", "roi_feat_size", "num_classes",
                     "bbox_coder", "reg_class_agnostic", "num_shared_fcs"))
@@ -190,28 +229,123 @@ def mask_rcnn_from_mmdet_config(
     _coder_stds("roi_head.bbox_head", box.get("bbox_coder"), (0.1, 0.1, 0.2, 0.2))
     num_classes = int(box["num_classes"])
 
-    mask = _section("roi_head.mask_head", roi["mask_head"],
-                    ("num_convs", "in_channels", "conv_out_channels", "num_classes",
-                     "roi_feat_size", "conv_kernel_size", "upsample_cfg",
-                     "class_agnostic"))
-    _expect("roi_head.mask_head", "in_channels", mask.get("in_channels", channels), channels)
-    _expect("roi_head.mask_head", "num_classes", mask.get("num_classes", num_classes),
-            num_classes)
-    _expect("roi_head.mask_head", "roi_feat_size", mask.get("roi_feat_size", 14), 14)
-    _expect("roi_head.mask_head", "conv_kernel_size", mask.get("conv_kernel_size", 3), 3)
-    _expect("roi_head.mask_head", "class_agnostic", mask.get("class_agnostic", False), False)
-
-    heads = DetectorHeads(
-        fpn_channels=channels,
-        anchor_scale=scales[0],
-        anchor_ratios=tuple(float(v) for v in anchor.get("ratios", (0.5, 1.0, 2.0))),
-        box_fc_channels=int(box.get("fc_out_channels", 1024)),
-        mask_convs=int(mask.get("num_convs", 4)),
-        mask_channels=int(mask.get("conv_out_channels", 256)),
-        fpn_norm=fpn_norm,
-    )
+    mask = _mask_head("roi_head.mask_head", roi["mask_head"], channels, num_classes)
+    heads = DetectorHeads(**fields, box_fc_channels=int(box.get("fc_out_channels", 1024)), **mask)
     model = build_mask_rcnn(classifier, num_classes=num_classes, heads=heads, settings=settings)
     return model, num_classes
+
+
+def _cascade_box_head(name: str, spec: Any, channels: int) -> dict[str, Any]:
+    """The settings of one mmdet ``ConvFCBBoxHead`` stage of a cascade: shared convolutions
+    with BatchNorm, one shared fully connected layer, class-specific regression."""
+    box = _section(name, spec, ("in_channels", "num_shared_convs", "num_shared_fcs",
+                                "num_cls_convs", "num_cls_fcs", "num_reg_convs", "num_reg_fcs",
+                                "conv_out_channels", "fc_out_channels", "roi_feat_size",
+                                "num_classes", "bbox_coder", "reg_class_agnostic",
+                                "reg_decoded_bbox", "with_avg_pool"))
+    _expect(name, "in_channels", box.get("in_channels", channels), channels)
+    _expect(name, "roi_feat_size", box.get("roi_feat_size", 7), 7)
+    _expect(name, "reg_class_agnostic", box.get("reg_class_agnostic", False), False)
+    _expect(name, "with_avg_pool", box.get("with_avg_pool", False), False)
+    _expect(name, "num_shared_fcs", box.get("num_shared_fcs", 1), 1)
+    for branch in ("num_cls_convs", "num_cls_fcs", "num_reg_convs", "num_reg_fcs"):
+        _expect(name, branch, box.get(branch, 0), 0)
+    convs = int(box.get("num_shared_convs", 4))
+    norm = spec.get("norm_cfg") or {}
+    if convs and norm.get("type") not in ("BN", "SyncBN"):
+        # Without a norm mmdet's convolutions have biases and no BatchNorm.
+        raise ConfigError(f"{name}.norm_cfg={spec.get('norm_cfg')!r} is not supported (the box "
+                          f"heads built here have BatchNorm after bias-free convolutions)")
+    coder = _section(f"{name}.bbox_coder", box.get("bbox_coder") or {},
+                     ("target_means", "target_stds", "clip_border"))
+    _expect(f"{name}.bbox_coder", "target_means",
+            [float(v) for v in coder.get("target_means", (0.0,) * 4)], [0.0] * 4)
+    return {
+        "num_classes": int(box["num_classes"]),
+        "convs": convs,
+        "conv_channels": int(box.get("conv_out_channels", 256)),
+        "fc_channels": int(box.get("fc_out_channels", 1024)),
+        "stds": tuple(float(v) for v in coder.get("target_stds", (0.1, 0.1, 0.2, 0.2))),
+    }
+
+
+def cascade_mask_rcnn_from_mmdet_config(
+    model_cfg: Mapping[str, Any], *, settings: DetectorSettings | None = None
+) -> tuple[MaskRCNN, int]:
+    """An untrained Cascade Mask R-CNN with the architecture of an upstream mmdet config.
+
+    Args:
+        model_cfg: The ``model`` dict of an mmdet ``CascadeRCNN`` config: ``backbone``,
+            ``neck``, ``rpn_head`` as for :func:`mask_rcnn_from_mmdet_config`, and ``roi_head``
+            (``CascadeRoIHead``) with ``num_stages``, ``bbox_head`` (one ``ConvFCBBoxHead`` per
+            stage, or one for all) and ``mask_head`` (one ``FCNMaskHead`` per stage, or one
+            replicated). Losses, training settings and stage loss weights are not used.
+        settings: Resizing and post-processing (default: upstream's COCO test settings).
+
+    Returns:
+        The model (:func:`~internimage.detection.cascade.build_cascade_mask_rcnn`) and its
+        number of object classes.
+
+    Raises:
+        ConfigError: An unknown entry, or a setting the model cannot express.
+    """
+    from internimage.detection.cascade import build_cascade_mask_rcnn
+
+    _expect("model", "type", model_cfg.get("type", "CascadeRCNN"), "CascadeRCNN")
+    classifier, fields, roi = _shared_parts(model_cfg, ("num_stages", "stage_loss_weights"))
+    _expect("roi_head", "type", model_cfg.get("roi_head", {}).get("type", "CascadeRoIHead"),
+            "CascadeRoIHead")
+    channels = fields["fpn_channels"]
+    stages = int(roi.get("num_stages", 3))
+    if stages < 1:
+        raise ConfigError(f"roi_head.num_stages must be >= 1, got {stages}")
+
+    def per_stage(part: str) -> list[Any]:
+        specs = roi[part]
+        if isinstance(specs, Mapping):
+            return [specs] * stages  # mmdet replicates one head for every stage
+        if not isinstance(specs, Sequence) or len(specs) != stages:
+            raise ConfigError(f"roi_head.{part} must be one head or a list of {stages} "
+                              f"(num_stages), got {specs!r}")
+        return list(specs)
+
+    boxes = [_cascade_box_head(f"roi_head.bbox_head.{i}", spec, channels)
+             for i, spec in enumerate(per_stage("bbox_head"))]
+    num_classes = boxes[0]["num_classes"]
+    masks = [_mask_head(f"roi_head.mask_head.{i}", spec, channels, num_classes)
+             for i, spec in enumerate(per_stage("mask_head"))]
+    for i, (box, mask) in enumerate(zip(boxes[1:], masks[1:], strict=True), start=1):
+        for key in ("num_classes", "convs", "conv_channels", "fc_channels"):
+            _expect(f"roi_head.bbox_head.{i}", key, box[key], boxes[0][key])
+        for key, value in mask.items():
+            _expect(f"roi_head.mask_head.{i}", key, value, masks[0][key])
+    heads = DetectorHeads(**fields, box_fc_channels=boxes[0]["fc_channels"], **masks[0])
+    model = build_cascade_mask_rcnn(
+        classifier, num_classes=num_classes, heads=heads, settings=settings,
+        stage_stds=[box["stds"] for box in boxes], box_convs=boxes[0]["convs"],
+        box_conv_channels=boxes[0]["conv_channels"])
+    return model, num_classes
+
+
+#: mmdet detector type -> the function that builds it from its config.
+_DETECTORS = {"MaskRCNN": mask_rcnn_from_mmdet_config,
+              "CascadeRCNN": cascade_mask_rcnn_from_mmdet_config}
+
+
+def detector_from_mmdet_config(
+    model_cfg: Mapping[str, Any], *, settings: DetectorSettings | None = None
+) -> tuple[MaskRCNN, int]:
+    """An untrained detector for an upstream mmdet ``model`` config, by its ``type``:
+    ``MaskRCNN`` (the default) or ``CascadeRCNN``.
+
+    Raises:
+        ConfigError: Another type, or see the builders of each type.
+    """
+    kind = model_cfg.get("type", "MaskRCNN") if isinstance(model_cfg, Mapping) else None
+    if kind not in _DETECTORS:
+        raise ConfigError(f"model type {kind!r} is not supported; supported: "
+                          f"{', '.join(_DETECTORS)}")
+    return _DETECTORS[kind](model_cfg, settings=settings)
 
 
 # (pattern, replacement) for the keys that are renamed only.
@@ -232,33 +366,76 @@ _RENAMES = (
 )
 
 
+# Cascade stages: roi_head.{bbox,mask}_head.S.* -> the S-th head of CascadeRoIHeads.
+_CASCADE_RENAMES = (
+    (re.compile(r"^roi_head\.bbox_head\.(\d+)\.shared_convs\.(\d+)\.conv\."),
+     r"roi_heads.box_heads.\1.\2.0."),
+    (re.compile(r"^roi_head\.bbox_head\.(\d+)\.shared_convs\.(\d+)\.bn\."),
+     r"roi_heads.box_heads.\1.\2.1."),
+    (re.compile(r"^roi_head\.mask_head\.(\d+)\.convs\.(\d+)\.conv\."),
+     r"roi_heads.mask_heads.\1.\2.0."),
+    (re.compile(r"^roi_head\.mask_head\.(\d+)\.upsample\."),
+     r"roi_heads.mask_predictors.\1.conv5_mask."),
+)
+_STAGE_KEY = re.compile(r"^roi_head\.(bbox_head|mask_head)\.(\d+)\.([a-z_]+)\.(.*)$")
+_SHARED_CONV = re.compile(r"^roi_head\.bbox_head\.(\d+)\.shared_convs\.(\d+)\.")
+
+
+def _background_first(kind: str, value: torch.Tensor) -> torch.Tensor:
+    """mmdet's class outputs (background last in ``fc_cls``, absent from ``fc_reg`` and
+    ``conv_logits``) -> torchvision's (background first; zeros where mmdet has none)."""
+    if kind == "fc_cls":
+        return torch.cat([value[-1:], value[:-1]])
+    rows = 4 if kind == "fc_reg" else 1
+    return torch.cat([value.new_zeros((rows, *value.shape[1:])), value])
+
+
+#: mmdet class layer -> (its head, torchvision module of a single head, of cascade stage S).
+_CLASS_LAYERS = {
+    "fc_cls": ("bbox_head", "roi_heads.box_predictor.cls_score",
+               "roi_heads.box_predictors.{}.cls_score"),
+    "fc_reg": ("bbox_head", "roi_heads.box_predictor.bbox_pred",
+               "roi_heads.box_predictors.{}.bbox_pred"),
+    "conv_logits": ("mask_head", "roi_heads.mask_predictor.mask_fcn_logits",
+                    "roi_heads.mask_predictors.{}.mask_fcn_logits"),
+}
+_SINGLE_CLASS_KEY = re.compile(r"^roi_head\.(bbox_head|mask_head)\.([a-z_]+)\.([a-z_]+)$")
+
+
 def convert_mmdet_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """mmdet Mask R-CNN keys and tensors -> torchvision ``MaskRCNN`` ones (see the module doc).
+    """mmdet Mask R-CNN and Cascade Mask R-CNN keys and tensors -> this library's torchvision
+    models' (see the module doc).
 
     Keys outside the map are passed through unchanged (so that a strict load names them);
     ``ema_*`` buffers, which some upstream files carry, are dropped.
     """
+    # A cascade box head's fully connected layer follows its convolutions and torchvision's
+    # Flatten in FastRCNNConvFCHead, so its index is the stage's convolution count + 1.
+    convs: dict[str, int] = {}
+    for key in state:
+        match = _SHARED_CONV.match(key)
+        if match:
+            convs[match[1]] = max(convs.get(match[1], 0), int(match[2]) + 1)
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key.startswith("ema_"):
             continue
-        if key.startswith("roi_head.bbox_head.fc_cls."):
-            # mmdet: classes then background; torchvision: background then classes.
-            out["roi_heads.box_predictor.cls_score." + key.rsplit(".", 1)[1]] = torch.cat(
-                [value[-1:], value[:-1]])
+        single = _SINGLE_CLASS_KEY.match(key)
+        if single and _CLASS_LAYERS.get(single[2], ("",))[0] == single[1]:
+            out[f"{_CLASS_LAYERS[single[2]][1]}.{single[3]}"] = _background_first(single[2], value)
             continue
-        if key.startswith("roi_head.bbox_head.fc_reg."):
-            background = value.new_zeros((4, *value.shape[1:]))
-            out["roi_heads.box_predictor.bbox_pred." + key.rsplit(".", 1)[1]] = torch.cat(
-                [background, value])
+        stage = _STAGE_KEY.match(key)
+        if stage and _CLASS_LAYERS.get(stage[3], ("",))[0] == stage[1] and "." not in stage[4]:
+            target = _CLASS_LAYERS[stage[3]][2].format(stage[2])
+            out[f"{target}.{stage[4]}"] = _background_first(stage[3], value)
             continue
-        if key.startswith("roi_head.mask_head.conv_logits."):
-            background = value.new_zeros((1, *value.shape[1:]))
-            out["roi_heads.mask_predictor.mask_fcn_logits." + key.rsplit(".", 1)[1]] = torch.cat(
-                [background, value])
+        if stage and stage[1] == "bbox_head" and stage[3] == "shared_fcs" and \
+                stage[4].startswith("0."):
+            index = convs.get(stage[2], 0) + 1
+            out[f"roi_heads.box_heads.{stage[2]}.{index}.{stage[4][2:]}"] = value
             continue
         new = key
-        for pattern, replacement in _RENAMES:
+        for pattern, replacement in (*_RENAMES, *_CASCADE_RENAMES):
             new, count = pattern.subn(replacement, new)
             if count:
                 break
@@ -290,7 +467,7 @@ def from_mmdet(
         CheckpointFileError: The file is not a readable checkpoint.
         ConfigError: See :func:`mask_rcnn_from_mmdet_config`.
     """
-    model, _ = mask_rcnn_from_mmdet_config(model_cfg, settings=settings)
+    model, _ = detector_from_mmdet_config(model_cfg, settings=settings)
     load_converted_strictly(model, checkpoint, convert_mmdet_state_dict,
                             source="the mmdet checkpoint")
     return model.eval()

@@ -1,5 +1,5 @@
-"""The released InternImage Mask R-CNN models, by name, with their weights from the hub; COCO's
-class names and category ids.
+"""The released InternImage Mask R-CNN and Cascade Mask R-CNN models, by name, with their
+weights from the hub; COCO's class names and category ids.
 
 Which files exist, and what each was trained on, is the catalogue's
 (:mod:`internimage.catalog`); this module builds the detector of a release from upstream's
@@ -8,7 +8,9 @@ mmdet settings.
 
 from __future__ import annotations
 
+import importlib
 import os
+from collections.abc import Callable
 from typing import Any
 
 from torchvision.models.detection import MaskRCNN
@@ -21,11 +23,17 @@ from internimage.catalog.builders import (
     load_release_weights,
 )
 from internimage.catalog.table import Release, find_release
-from internimage.detection.mmdet import convert_mmdet_state_dict, mask_rcnn_from_mmdet_config
+from internimage.detection.cascade import CASCADE_STAGE_STDS
+from internimage.detection.mmdet import (
+    cascade_mask_rcnn_from_mmdet_config,
+    convert_mmdet_state_dict,
+    mask_rcnn_from_mmdet_config,
+)
 from internimage.detection.model import DetectorSettings
 from internimage.errors import UsageError
 
-__all__ = ["COCO_CATEGORY_IDS", "COCO_CLASSES", "create_detection_model", "mask_rcnn_for_release",
+__all__ = ["COCO_CATEGORY_IDS", "COCO_CLASSES", "cascade_mask_rcnn_for_release",
+           "cascade_mask_rcnn_model_config", "create_detection_model", "mask_rcnn_for_release",
            "mask_rcnn_model_config"]
 
 #: COCO's 80 object classes, in category-id order (model label k + 1 is class k).
@@ -90,6 +98,42 @@ def mask_rcnn_for_release(
     return BuiltModel(model, convert_mmdet_state_dict)
 
 
+# Upstream's Cascade Mask R-CNN configs: the same FPN and RPN, three ConvFCBBoxHead stages
+# (4 convolutions of 256 with (Sync)BN, one FC of 1024) and three FCN mask heads.
+def cascade_mask_rcnn_model_config(release: Release, num_classes: int) -> dict[str, Any]:
+    """The ``model`` dict of a Cascade Mask R-CNN release's upstream mmdet config."""
+    base = mask_rcnn_model_config(release, num_classes)
+    box_heads = [
+        {"type": "ConvFCBBoxHead", "num_shared_convs": 4, "num_shared_fcs": 1,
+         "in_channels": 256, "conv_out_channels": 256, "fc_out_channels": 1024,
+         "roi_feat_size": 7, "num_classes": num_classes, "reg_class_agnostic": False,
+         "norm_cfg": {"type": "SyncBN", "requires_grad": True},
+         "bbox_coder": {"target_means": [0.0] * 4, "target_stds": list(stds)}}
+        for stds in CASCADE_STAGE_STDS
+    ]
+    return {
+        **base,
+        "type": "CascadeRCNN",
+        "roi_head": {"type": "CascadeRoIHead", "num_stages": len(box_heads),
+                     "bbox_head": box_heads, "mask_head": base["roi_head"]["mask_head"]},
+    }
+
+
+def cascade_mask_rcnn_for_release(
+    release: Release, num_classes: int, settings: DetectorSettings | None = None
+) -> BuiltModel:
+    """The Cascade Mask R-CNN of an upstream release (random weights) and its key conversion.
+
+    Args:
+        release: The release.
+        num_classes: Object classes (the model has one more: the background).
+        settings: Resizing and post-processing (default: upstream's COCO test settings).
+    """
+    model, _ = cascade_mask_rcnn_from_mmdet_config(
+        cascade_mask_rcnn_model_config(release, num_classes), settings=settings)
+    return BuiltModel(model, convert_mmdet_state_dict)
+
+
 def create_detection_model(
     name: str,
     *,
@@ -97,7 +141,8 @@ def create_detection_model(
     num_classes: int | None = None,
     settings: DetectorSettings | None = None,
 ) -> MaskRCNN:
-    """A released detector by name (``internimage list --task instance_segmentation``).
+    """A released detector by name (``internimage list --task instance_segmentation``): a Mask
+    R-CNN or a Cascade Mask R-CNN, as the catalogue's builder of the release says.
 
     Args:
         name: The release's name, file name or alias, e.g.
@@ -125,7 +170,11 @@ def create_detection_model(
         raise UsageError(f"the released weights of {release.name} have {release.num_classes} "
                          f"classes, not {num_classes}")
     classes = release.num_classes if num_classes is None else num_classes
-    built = mask_rcnn_for_release(release, classes, settings)
+    # The catalogue names the builder of each release; the detection builders take settings.
+    module, function = BUILDERS[release.builder].split(":")
+    build: Callable[[Release, int, DetectorSettings | None], BuiltModel] = getattr(
+        importlib.import_module(module), function)
+    built = build(release, classes, settings)
     if pretrained is False:
         return built.model
     load_release_weights(built, release, pretrained)
