@@ -5,9 +5,11 @@ compiler and without materialising the ``[N, G, D, Ho*Wo, P]`` tensor of sampled
 output pixel sums its P points inside the kernel.
 
 Layout: every tensor is used in its channels-last memory order, the input as ``[N, H, W, G, D]``.
-DCNv4's packed ``offset_mask`` is read in place by the same kernels: only where a point's
-(dx, dy) and weight are stored differs (see ``_layout``), and its gradient is written in the same
-layout, never touching the padding columns.
+DCNv4 (:func:`forward_dcnv4`, :func:`backward_dcnv4`) runs these same kernels on its packed
+``offset_mask`` unpacked into DCNv3's offset and mask (a copy of the small per-point tensor, not of
+the features). Kernels that read the packed layout in place, through per-row index tables, made
+DCNv4's backward about a fifth faster but DCNv3's backward a few percent slower, so they are not
+used.
 The D channels of a group are contiguous; they are processed in blocks of ``LANES`` (16) channels
 as explicit LLVM vectors (numba intrinsics), then one block of ``HALF_LANES`` (8) channels where at
 least 8 remain (D = 8 in the small variants), and the last ``D % 8`` channels by scalar loops.
@@ -74,6 +76,7 @@ import numpy as np
 import torch
 
 from internimage.ops.geometry import DCNv3Geometry, dcnv4_columns
+from internimage.ops.packing import pack_offset_mask, unpack_offset_mask
 from internimage.ops.threads import match_torch_threads, size_numba_pool, start_numba_pool
 
 size_numba_pool()  # before numba loads: its pool size is read at import
@@ -387,38 +390,19 @@ def _channel_blocks(channels: int) -> tuple[Any, Any, bool, Any]:
 
 
 @njit(cache=True, nogil=True)
-def _point_indices(
-    layout: tuple[int, int, int, int, int], pixel: int, g: int
-) -> tuple[Any, Any]:
-    """Where point 0 of group ``g`` of output pixel ``pixel`` (flat over N*Ho*Wo) is stored.
-
-    ``layout`` is ``(offset_pixel, offset_group, weight_pixel, weight_group, weight_start)``
-    (see :func:`_layout`). Returns the index of its dx in the offsets and of its weight in the
-    weights; point p's dx, dy and weight follow at ``+2p``, ``+2p + 1`` and ``+p``.
-    """
-    offset_pixel, offset_group, weight_pixel, weight_group, weight_start = layout
-    # All in uint64: numba turns mixed signed and unsigned 64-bit arithmetic into float64.
-    q = uint64(pixel)
-    h = uint64(g)
-    return (
-        q * uint64(offset_pixel) + h * uint64(offset_group),
-        q * uint64(weight_pixel) + h * uint64(weight_group) + uint64(weight_start),
-    )
-
-
-@njit(cache=True, nogil=True)
-def _point_record(
-    dx: float, dy: float, m: float, t: np.uint64, k: np.uint64, tab_x: np.ndarray,
-    tab_base_x: np.ndarray, tab_base_y: np.ndarray, tab_group: np.ndarray, row_y: float,
-    scale: float, zero: float, one: float, width: int, height: int, width_f: float,
-    height_f: float, c_total: int, fxs: np.ndarray, fys: np.ndarray, ms: np.ndarray,
-    weights: np.ndarray, corners: np.ndarray, keep_fractions: bool,
+def _clamped_coordinates(
+    off: np.ndarray, msk: np.ndarray, point_base: np.uint64, table_base: np.uint64,
+    local_base: np.uint64, count: int, tab_x: np.ndarray, tab_base_x: np.ndarray,
+    tab_base_y: np.ndarray, tab_group: np.ndarray, row_y: float, scale: float, zero: float,
+    one: float, width: int, height: int, width_f: float, height_f: float, c_total: int,
+    fxs: np.ndarray, fys: np.ndarray, ms: np.ndarray, weights: np.ndarray, corners: np.ndarray,
+    keep_fractions: bool,
 ) -> None:
-    """The record of one point, from its offsets ``dx``, ``dy``, weight ``m`` and table entry
-    ``t``, into slot ``k`` of the row buffers; a branch-free body.
+    """Coordinates of ``count`` consecutive points of one output row, a branch-free loop.
 
-    The sampling rule of both coordinate passes, DCNv3's and DCNv4's: LLVM inlines it into their
-    loops, which then vectorise as one loop did before. It writes:
+    Reads points ``point_base + j`` of the offsets and mask and entries ``table_base + j`` of
+    the tables (each point's kernel-centre x, base grid position and group channel offset, in
+    offset order); writes the record of point ``k = local_base + j`` into the row buffers:
 
     * ``weights[4k:4k+4]``: the mask-folded weights of corners 00, 01, 10, 11;
     * ``corners[4k:4k+4]`` (int32, or int64 for huge images): the index of the clamped top-left
@@ -443,109 +427,58 @@ def _point_record(
     last_y = np.int32(height - 1)
     zero_i = np.int32(0)
     row_step = width * c_total
-    r = k * uint64(4)
-    # Same operation order as reference.sampling_coordinates, so x and y are bitwise equal.
-    x = tab_x[t] + (tab_base_x[t] + dx) * scale
-    y = row_y + (tab_base_y[t] + dy) * scale
-    # NaN fails every comparison, so non-finite coordinates land in the skipped class.
-    inside = (x >= minus_one) & (x < width_f) & (y >= minus_one) & (y < height_f)
-    # Convert to integers only values known to be in range.
-    x = x if inside else zero
-    y = y if inside else zero
-    x0f = np.floor(x)
-    y0f = np.floor(y)
-    fx = x - x0f
-    fy = y - y0f
-    if keep_fractions:
-        fxs[k] = fx
-        fys[k] = fy
-        ms[k] = m
-    x0 = np.int32(x0f)
-    y0 = np.int32(y0f)
-    left = inside & (x0 >= zero_i)
-    right = inside & (x0 < last_x)
-    upper = y0 >= zero_i
-    lower = y0 < last_y
-    v00 = left & upper
-    v01 = right & upper
-    v10 = left & lower
-    v11 = right & lower
-    top = m * (one - fy)
-    bottom = m * fy
-    w00 = top * (one - fx) if v00 else zero
-    weights[r] = w00 if inside else m * zero
-    weights[r + uint64(1)] = top * fx if v01 else zero
-    weights[r + uint64(2)] = bottom * (one - fx) if v10 else zero
-    weights[r + uint64(3)] = bottom * fx if v11 else zero
-    # Clamped corners: a used point has -1 <= x0 <= W - 1, so the left column is
-    # max(x0, 0) and the right one is a column further exactly when 0 <= x0 < W - 1 (both
-    # corners inside); otherwise both are the same column. The same for rows.
-    cx0 = max(x0, zero_i)
-    cy0 = max(y0, zero_i)
-    # Computed in int64; storing into int32 records keeps the low bits, which lets LLVM do
-    # the arithmetic in 32 bits (_tables() picks int32 only where every index fits).
-    corner = (cy0 * width + cx0) * c_total + tab_group[t]
-    corners[r] = corner if inside else -1
-    corners[r + uint64(1)] = c_total if left & right else 0
-    corners[r + uint64(2)] = row_step if inside & upper & lower else 0
-    corners[r + uint64(3)] = np.int64(v00) | (np.int64(v01) << 1) | (
-        np.int64(v10) << 2) | (np.int64(v11) << 3)
-
-
-@njit(cache=True, nogil=True)
-def _clamped_coordinates(
-    off: np.ndarray, msk: np.ndarray, point_base: np.uint64, table_base: np.uint64,
-    local_base: np.uint64, count: int, tab_x: np.ndarray, tab_base_x: np.ndarray,
-    tab_base_y: np.ndarray, tab_group: np.ndarray, row_y: float, scale: float, zero: float,
-    one: float, width: int, height: int, width_f: float, height_f: float, c_total: int,
-    fxs: np.ndarray, fys: np.ndarray, ms: np.ndarray, weights: np.ndarray, corners: np.ndarray,
-    keep_fractions: bool,
-) -> None:
-    """Coordinates of ``count`` consecutive points of one output row in DCNv3's layout.
-
-    Reads points ``point_base + j`` of the offsets and mask (its (dx, dy) at twice that index)
-    and entries ``t = table_base + j`` of the tables (each point's kernel-centre x, base grid
-    position and group channel offset, in offset order); writes the record of point
-    ``k = local_base + j`` with :func:`_point_record`. DCNv3's offsets are contiguous, so this
-    loop reads them with plain strided loads; through index tables, as
-    :func:`_clamped_coordinates_packed` must, the forward was half again slower.
-    """
     for j in range(uint64(count)):
         idx = point_base + j
-        ix = idx + idx
-        _point_record(
-            off[ix], off[ix + uint64(1)], msk[idx], table_base + j, local_base + j, tab_x,
-            tab_base_x, tab_base_y, tab_group, row_y, scale, zero, one, width, height, width_f,
-            height_f, c_total, fxs, fys, ms, weights, corners, keep_fractions,
-        )
-
-
-@njit(cache=True, nogil=True)
-def _clamped_coordinates_packed(
-    off: np.ndarray, offset_base: np.uint64, table_base: np.uint64, local_base: np.uint64,
-    count: int, tab_offset: np.ndarray, tab_weight: np.ndarray, tab_x: np.ndarray,
-    tab_base_x: np.ndarray, tab_base_y: np.ndarray, tab_group: np.ndarray, row_y: float,
-    scale: float, zero: float, one: float, width: int, height: int, width_f: float,
-    height_f: float, c_total: int, fxs: np.ndarray, fys: np.ndarray, ms: np.ndarray,
-    weights: np.ndarray, corners: np.ndarray, keep_fractions: bool,
-) -> None:
-    """:func:`_clamped_coordinates` for DCNv4's packed ``offset_mask``, read in place.
-
-    Each group's (dx, dy) pairs and weights are separate runs of its block of the packed row,
-    so the tables give every point's place: its (dx, dy) at ``off[offset_base +
-    tab_offset[t]]`` and the next entry, its weight at ``off[offset_base + tab_weight[t]]``,
-    with ``offset_base`` where the row's packed entries start. The padding columns are never
-    read.
-    """
-    for j in range(uint64(count)):
         t = table_base + j
-        ix = offset_base + uint64(tab_offset[t])
-        _point_record(
-            off[ix], off[ix + uint64(1)], off[offset_base + uint64(tab_weight[t])], t,
-            local_base + j, tab_x, tab_base_x, tab_base_y, tab_group, row_y, scale, zero, one,
-            width, height, width_f, height_f, c_total, fxs, fys, ms, weights, corners,
-            keep_fractions,
-        )
+        k = local_base + j
+        r = k * uint64(4)
+        # Same operation order as reference.sampling_coordinates, so x and y are bitwise equal.
+        x = tab_x[t] + (tab_base_x[t] + off[idx + idx]) * scale
+        y = row_y + (tab_base_y[t] + off[idx + idx + uint64(1)]) * scale
+        # NaN fails every comparison, so non-finite coordinates land in the skipped class.
+        inside = (x >= minus_one) & (x < width_f) & (y >= minus_one) & (y < height_f)
+        # Convert to integers only values known to be in range.
+        x = x if inside else zero
+        y = y if inside else zero
+        x0f = np.floor(x)
+        y0f = np.floor(y)
+        fx = x - x0f
+        fy = y - y0f
+        m = msk[idx]
+        if keep_fractions:
+            fxs[k] = fx
+            fys[k] = fy
+            ms[k] = m
+        x0 = np.int32(x0f)
+        y0 = np.int32(y0f)
+        left = inside & (x0 >= zero_i)
+        right = inside & (x0 < last_x)
+        upper = y0 >= zero_i
+        lower = y0 < last_y
+        v00 = left & upper
+        v01 = right & upper
+        v10 = left & lower
+        v11 = right & lower
+        top = m * (one - fy)
+        bottom = m * fy
+        w00 = top * (one - fx) if v00 else zero
+        weights[r] = w00 if inside else m * zero
+        weights[r + uint64(1)] = top * fx if v01 else zero
+        weights[r + uint64(2)] = bottom * (one - fx) if v10 else zero
+        weights[r + uint64(3)] = bottom * fx if v11 else zero
+        # Clamped corners: a used point has -1 <= x0 <= W - 1, so the left column is
+        # max(x0, 0) and the right one is a column further exactly when 0 <= x0 < W - 1 (both
+        # corners inside); otherwise both are the same column. The same for rows.
+        cx0 = max(x0, zero_i)
+        cy0 = max(y0, zero_i)
+        # Computed in int64; storing into int32 records keeps the low bits, which lets LLVM do
+        # the arithmetic in 32 bits (_tables() picks int32 only where every index fits).
+        corner = (cy0 * width + cx0) * c_total + tab_group[t]
+        corners[r] = corner if inside else -1
+        corners[r + uint64(1)] = c_total if left & right else 0
+        corners[r + uint64(2)] = row_step if inside & upper & lower else 0
+        corners[r + uint64(3)] = np.int64(v00) | (np.int64(v01) << 1) | (
+            np.int64(v10) << 2) | (np.int64(v11) << 3)
 
 
 @njit(cache=True, nogil=True)
@@ -582,22 +515,18 @@ def _forward_scalar_channels(
 def _forward_kernel(
     inp: np.ndarray, off: np.ndarray, msk: np.ndarray, out: np.ndarray, corners_like: np.ndarray,
     batch: int, height: int, width: int, group: int, channels: int, out_h: int, out_w: int,
-    points: int, layout: tuple[int, int, int, int, int], row_y: np.ndarray,
-    tab_offset: np.ndarray, tab_weight: np.ndarray, tab_x: np.ndarray, tab_base_x: np.ndarray,
+    points: int, row_y: np.ndarray, tab_x: np.ndarray, tab_base_x: np.ndarray,
     tab_base_y: np.ndarray, tab_group: np.ndarray, scale: float, zero: float, one: float,
     width_f: float, height_f: float,
 ) -> None:
     """Forward pass on flat arrays: input ``[N, H, W, G, D]``, output ``[N, Ho, Wo, G, D]``.
 
-    ``corners_like`` only sets the integer type of the point records (int32 or int64);
-    ``layout`` says where the offsets and weights are (see :func:`_layout`).
+    ``corners_like`` only sets the integer type of the point records (int32 or int64).
     """
     c_total = group * channels
     row_points = uint64(out_w * group * points)
     length = uint64(channels)
     n_blocks, half_block, has_half, blocked = _channel_blocks(channels)
-    # DCNv4's packed layout comes with the tables of where each point is (see _Tables).
-    packed = tab_offset.size > 0
     points_u = uint64(points)
     channels_u = uint64(channels)
     for task in prange(batch * out_h):
@@ -613,21 +542,13 @@ def _forward_kernel(
         corners = np.empty(row_points * uint64(4), corners_like.dtype)
         # What skipped points read instead of the input.
         zeros = np.zeros(max(channels, 1), inp.dtype)
+        msk_base = uint64(task) * row_points
         image_base = uint64(n * height * width * c_total)
-        if packed:
-            # Where the row's packed entries start; the tables place every point from there.
-            packed_row = _point_indices(layout, task * out_w, 0)[0]
-            _clamped_coordinates_packed(
-                off, packed_row, uint64(0), uint64(0), row_points, tab_offset, tab_weight,
-                tab_x, tab_base_x, tab_base_y, tab_group, row_y[ho], scale, zero, one, width,
-                height, width_f, height_f, c_total, fxs, fys, ms, weights, corners, False,
-            )
-        else:
-            _clamped_coordinates(
-                off, msk, uint64(task) * row_points, uint64(0), uint64(0), row_points, tab_x,
-                tab_base_x, tab_base_y, tab_group, row_y[ho], scale, zero, one, width, height,
-                width_f, height_f, c_total, fxs, fys, ms, weights, corners, False,
-            )
+        _clamped_coordinates(
+            off, msk, msk_base, uint64(0), uint64(0), row_points, tab_x, tab_base_x,
+            tab_base_y, tab_group, row_y[ho], scale, zero, one, width, height, width_f,
+            height_f, c_total, fxs, fys, ms, weights, corners, False,
+        )
         out_row = uint64(task) * uint64(out_w * c_total)
         # ``first``: the first point of one (pixel, group), whose output block starts at
         # out_base; the records and the output are in the same (wo, g) order.
@@ -656,8 +577,7 @@ def _backward_kernel(
     grad_out: np.ndarray, inp: np.ndarray, off: np.ndarray, msk: np.ndarray,
     grad_inp: np.ndarray, grad_off: np.ndarray, grad_msk: np.ndarray, corners_like: np.ndarray,
     batch: int, height: int, width: int, group: int, channels: int, out_h: int, out_w: int,
-    points: int, layout: tuple[int, int, int, int, int], group_chunks: int,
-    row_y: np.ndarray, tab_offset: np.ndarray, tab_weight: np.ndarray, tab_x: np.ndarray,
+    points: int, group_chunks: int, row_y: np.ndarray, tab_x: np.ndarray,
     tab_base_x: np.ndarray, tab_base_y: np.ndarray, tab_group: np.ndarray, scale: float,
     zero: float, one: float, width_f: float, height_f: float,
 ) -> None:
@@ -669,16 +589,10 @@ def _backward_kernel(
     products with its four corners (for the offset and mask gradients) and scatters its weighted
     gradient into the same corners. Every ``grad_inp`` element (which belongs to one group)
     receives its contributions in the order of output pixels and points, whatever the chunking.
-
-    ``layout`` says where the offsets and weights are (see :func:`_layout`); their gradients are
-    written at the same places of ``grad_off`` and ``grad_msk`` (one array for DCNv4, whose
-    padding columns this kernel never touches).
     """
     c_total = group * channels
     length = uint64(channels)
     n_blocks, half_block, has_half, blocked = _channel_blocks(channels)
-    # DCNv4's packed layout comes with the tables of where each point is (see _Tables).
-    packed = tab_offset.size > 0
     points_u = uint64(points)
     chunk = (group + group_chunks - 1) // group_chunks
     for task in prange(batch * group_chunks):
@@ -699,48 +613,37 @@ def _backward_kernel(
         for ho in range(out_h):
             row = n * out_h + ho
             row_start = uint64(row * out_w * group * points)
-            packed_row = _point_indices(layout, row * out_w, 0)[0]
-            # One coordinate pass per consecutive run of the task's points in the row's tables:
-            # the whole row when the task has every group (one long vectorised loop), else one
-            # run per pixel.
+            # One coordinate pass per contiguous run of the task's points: the whole row when
+            # the task has every group (one long vectorised loop), else one run per pixel.
             for segment in range(segments):
                 table = uint64(segment * group * points + g_start * points)
-                local = uint64(segment) * segment_points
-                if packed:
-                    _clamped_coordinates_packed(
-                        off, packed_row, table, local, segment_points, tab_offset, tab_weight,
-                        tab_x, tab_base_x, tab_base_y, tab_group, row_y[ho], scale, zero, one,
-                        width, height, width_f, height_f, c_total, fxs, fys, ms, weights,
-                        corners, True,
-                    )
-                else:
-                    _clamped_coordinates(
-                        off, msk, row_start + table, table, local, segment_points, tab_x,
-                        tab_base_x, tab_base_y, tab_group, row_y[ho], scale, zero, one, width,
-                        height, width_f, height_f, c_total, fxs, fys, ms, weights, corners,
-                        True,
-                    )
+                _clamped_coordinates(
+                    off, msk, row_start + table, table, uint64(segment) * segment_points,
+                    segment_points, tab_x, tab_base_x, tab_base_y, tab_group, row_y[ho], scale,
+                    zero, one, width, height, width_f, height_f, c_total, fxs, fys, ms, weights,
+                    corners, True,
+                )
             for wo in range(out_w):
                 pixel = row * out_w + wo
                 for g in range(g_start, g_stop):
                     go_base = uint64((pixel * group + g) * channels)
                     first = uint64(wo) * span + uint64(g - g_start) * points_u
-                    point_offset, point_weight = _point_indices(layout, pixel, g)
+                    point_base = uint64((pixel * group + g) * points)
                     ahead = first + uint64(PREFETCH_GROUPS) * points_u
                     if ahead + points_u <= row_points:
                         _prefetch_for_read(inp, corners, ahead, points_u, image_base)
                         _prefetch_for_update(grad_inp, corners, ahead, points_u, image_base)
                     for p in range(points_u):
                         j = first + p
-                        ix = point_offset + p + p
+                        idx = point_base + p
+                        ix = idx + idx
                         iy = ix + uint64(1)
-                        iw = point_weight + p
                         r = j * uint64(4)
                         bits = corners[r + uint64(3)]
                         if bits == 0:
                             grad_off[ix] = zero
                             grad_off[iy] = zero
-                            grad_msk[iw] = zero
+                            grad_msk[idx] = zero
                             continue
                         i00 = image_base + uint64(corners[r])
                         sx = uint64(corners[r + uint64(1)])
@@ -796,7 +699,7 @@ def _backward_kernel(
                         fy = fys[j]
                         gx = one - fx
                         gy = one - fy
-                        grad_msk[iw] = gy * (gx * s00 + fx * s01) + fy * (gx * s10 + fx * s11)
+                        grad_msk[idx] = gy * (gx * s00 + fx * s01) + fy * (gx * s10 + fx * s11)
                         ms_scale = ms[j] * scale
                         grad_off[ix] = ms_scale * (gy * (s01 - s00) + fy * (s11 - s10))
                         grad_off[iy] = ms_scale * (gx * (s10 - s00) + fx * (s11 - s01))
@@ -821,7 +724,7 @@ class _Tables:
 
     def __init__(
         self, geometry: DCNv3Geometry, height: int, width: int, channels: int, out_h: int,
-        out_w: int, np_dtype: type, index_dtype: type, packed: bool,
+        out_w: int, np_dtype: type, index_dtype: type,
     ) -> None:
         self.corners_like = np.empty(0, index_dtype)
         shift = geometry.half - geometry.pad
@@ -839,17 +742,6 @@ class _Tables:
         self.tab_group = np.tile(
             np.repeat(np.arange(group, dtype=index_dtype) * channels, points), out_w
         )
-        # DCNv4: where each point of a row has its dx and its weight, relative to where the
-        # row's packed entries start (see _layout). Empty for DCNv3, whose row is contiguous.
-        self.tab_offset = np.empty(0, np.int64)
-        self.tab_weight = np.empty(0, np.int64)
-        if packed:
-            offset_pixel, offset_group, weight_pixel, weight_group, weight_start = _layout(
-                geometry, True)
-            wo, g, p = np.meshgrid(np.arange(out_w), np.arange(group), np.arange(points),
-                                   indexing="ij")
-            self.tab_offset = (wo * offset_pixel + g * offset_group + 2 * p).ravel()
-            self.tab_weight = (wo * weight_pixel + g * weight_group + weight_start + p).ravel()
         self.scale = np_dtype(geometry.offset_scale)
         self.zero = np_dtype(0)
         self.one = np_dtype(1)
@@ -860,15 +752,14 @@ class _Tables:
 @functools.lru_cache(maxsize=64)
 def _cached_tables(
     geometry: DCNv3Geometry, height: int, width: int, channels: int, out_h: int, out_w: int,
-    np_dtype: type, index_dtype: type, packed: bool,
+    np_dtype: type, index_dtype: type,
 ) -> _Tables:
-    return _Tables(geometry, height, width, channels, out_h, out_w, np_dtype, index_dtype,
-                   packed)
+    return _Tables(geometry, height, width, channels, out_h, out_w, np_dtype, index_dtype)
 
 
 def _tables(
     geometry: DCNv3Geometry, height: int, width: int, channels: int, out_h: int, out_w: int,
-    np_dtype: type, packed: bool = False,
+    np_dtype: type,
 ) -> _Tables:
     """The tables of a call; the records are int32 where every index into one image fits.
 
@@ -877,27 +768,7 @@ def _tables(
     """
     image_size = height * width * channels * geometry.group
     index_dtype = np.int32 if image_size < _INT32_RECORDS_BELOW else np.int64
-    return _cached_tables(geometry, height, width, channels, out_h, out_w, np_dtype, index_dtype,
-                          packed)
-
-
-def _layout(geometry: DCNv3Geometry, packed: bool) -> tuple[int, int, int, int, int]:
-    """Where the kernels find each point's (dx, dy) and weight.
-
-    ``(offset_pixel, offset_group, weight_pixel, weight_group, weight_start)``: point p of
-    group g of output pixel q (flat over N*Ho*Wo) has its dx at ``q*offset_pixel +
-    g*offset_group + 2p`` of the offsets, dy right after, and its weight at ``q*weight_pixel +
-    g*weight_group + weight_start + p`` of the weights.
-
-    DCNv3: offsets ``[N, Ho, Wo, G, K, 2]`` and mask ``[N, Ho, Wo, G, K]``, two arrays.
-    DCNv4: one packed ``[N, Ho, Wo, P]`` array for both, group g's K (dx, dy) pairs at column
-    3Kg and its K weights at 3Kg + 2K.
-    """
-    g, k = geometry.group, geometry.points
-    if packed:
-        columns = dcnv4_columns(g, k)
-        return (columns, 3 * k, columns, 3 * k, 2 * k)
-    return (2 * g * k, 2 * k, g * k, k, 0)
+    return _cached_tables(geometry, height, width, channels, out_h, out_w, np_dtype, index_dtype)
 
 
 def forward(
@@ -914,33 +785,6 @@ def forward(
     Returns:
         ``[N, Ho, Wo, G*D]`` in the dtype of ``input``.
     """
-    compute = _compute_dtype(input.dtype)
-    return _forward(input, _flat(offset, compute), _flat(mask, compute), geometry, False)
-
-
-def forward_dcnv4(
-    input: torch.Tensor, offset_mask: torch.Tensor, geometry: DCNv3Geometry
-) -> torch.Tensor:
-    """DCNv4 forward on CPU tensors: the DCNv3 kernel reading the packed tensor in place.
-
-    Args:
-        input: ``[N, H, W, G*D]``, contiguous.
-        offset_mask: ``[N, Ho, Wo, P]``, DCNv4's packed offsets and weights (see
-            :mod:`internimage.ops.packing`); the padding columns are never read.
-        geometry: The operator's scalar arguments.
-
-    Returns:
-        ``[N, Ho, Wo, G*D]`` in the dtype of ``input``.
-    """
-    packed = _flat(offset_mask, _compute_dtype(input.dtype))
-    return _forward(input, packed, packed, geometry, True)
-
-
-def _forward(
-    input: torch.Tensor, off: np.ndarray, msk: np.ndarray, geometry: DCNv3Geometry,
-    packed: bool,
-) -> torch.Tensor:
-    """The forward kernel on offsets ``off`` and weights ``msk`` in the given layout."""
     n, h, w, c = input.shape
     ho, wo = geometry.output_size(h, w)
     compute = _compute_dtype(input.dtype)
@@ -949,13 +793,13 @@ def _forward(
         return out.to(input.dtype)
     group = geometry.group
     np_dtype = np.float64 if compute == torch.float64 else np.float32
-    tables = _tables(geometry, h, w, c // geometry.group, ho, wo, np_dtype, packed)
+    tables = _tables(geometry, h, w, c // geometry.group, ho, wo, np_dtype)
     match_torch_threads()
     _forward_kernel(
-        _flat(input, compute), off, msk, out.view(-1).numpy(), tables.corners_like, n, h, w,
-        group, c // group, ho, wo, geometry.points, _layout(geometry, packed), tables.row_y,
-        tables.tab_offset, tables.tab_weight, tables.tab_x, tables.tab_base_x, tables.tab_base_y,
-        tables.tab_group, tables.scale, tables.zero, tables.one, tables.width, tables.height,
+        _flat(input, compute), _flat(offset, compute), _flat(mask, compute), out.view(-1).numpy(),
+        tables.corners_like, n, h, w, group, c // group, ho, wo, geometry.points, tables.row_y,
+        tables.tab_x, tables.tab_base_x, tables.tab_base_y, tables.tab_group, tables.scale,
+        tables.zero, tables.one, tables.width, tables.height,
     )
     return out.to(input.dtype)
 
@@ -979,19 +823,54 @@ def backward(
     Returns:
         ``(grad_input, grad_offset, grad_mask)`` with the shapes and dtypes of the inputs.
     """
+    n, h, w, c = input.shape
+    ho, wo = geometry.output_size(h, w)
     compute = _compute_dtype(input.dtype)
+    np_dtype = np.float64 if compute == torch.float64 else np.float32
+    # Allocated by numpy (calloc: zero pages on first touch) rather than torch.zeros, whose
+    # parallel fill would leave torch's thread pool spinning while the kernels run.
+    grad_input = torch.from_numpy(np.zeros((n, h, w, c), np_dtype))
+    if n == 0 or c == 0:
+        return (grad_input.to(input.dtype), torch.zeros_like(offset), torch.zeros_like(mask))
     grad_offset = torch.empty(offset.shape, dtype=compute)
     grad_mask = torch.empty(mask.shape, dtype=compute)
-    grad_input = _backward(grad_output, input, _flat(offset, compute), _flat(mask, compute),
-                           grad_offset, grad_mask, geometry, False)
-    if grad_input.shape[0] == 0 or grad_input.shape[3] == 0:
-        grad_offset.zero_()
-        grad_mask.zero_()
+    group = geometry.group
+    tables = _tables(geometry, h, w, c // geometry.group, ho, wo, np_dtype)
+    # Whole images per task keep each input line's groups together in cache; split the groups
+    # only as far as needed for some parallelism on small batches.
+    group_chunks = min(group, -(-_MIN_BACKWARD_TASKS // n))
+    match_torch_threads()
+    _backward_kernel(
+        _flat(grad_output, compute), _flat(input, compute), _flat(offset, compute),
+        _flat(mask, compute), grad_input.view(-1).numpy(), grad_offset.view(-1).numpy(),
+        grad_mask.view(-1).numpy(), tables.corners_like, n, h, w, group, c // group, ho, wo,
+        geometry.points, group_chunks, tables.row_y, tables.tab_x, tables.tab_base_x,
+        tables.tab_base_y, tables.tab_group, tables.scale, tables.zero, tables.one, tables.width,
+        tables.height,
+    )
     return (
         grad_input.to(input.dtype),
         grad_offset.to(offset.dtype),
         grad_mask.to(mask.dtype),
     )
+
+
+def forward_dcnv4(
+    input: torch.Tensor, offset_mask: torch.Tensor, geometry: DCNv3Geometry
+) -> torch.Tensor:
+    """DCNv4 forward on CPU tensors: :func:`forward` on the unpacked ``offset_mask``.
+
+    Args:
+        input: ``[N, H, W, G*D]``, contiguous.
+        offset_mask: ``[N, Ho, Wo, P]``, DCNv4's packed offsets and weights (see
+            :mod:`internimage.ops.packing`); the padding columns are never read.
+        geometry: The operator's scalar arguments.
+
+    Returns:
+        ``[N, Ho, Wo, G*D]`` in the dtype of ``input``.
+    """
+    offset, mask = unpack_offset_mask(offset_mask, geometry.group, geometry.points)
+    return forward(input, offset, mask, geometry)
 
 
 def backward_dcnv4(
@@ -1000,7 +879,7 @@ def backward_dcnv4(
     offset_mask: torch.Tensor,
     geometry: DCNv3Geometry,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of the DCNv4 forward, reading and writing the packed layout in place.
+    """Gradients of the DCNv4 forward: :func:`backward`, its offset and mask gradients packed.
 
     Args:
         grad_output: ``[N, Ho, Wo, G*D]``, contiguous.
@@ -1012,47 +891,8 @@ def backward_dcnv4(
         ``(grad_input, grad_offset_mask)`` with the shapes and dtypes of the inputs; the
         padding columns of ``grad_offset_mask`` are exactly zero.
     """
-    compute = _compute_dtype(input.dtype)
-    np_dtype = np.float64 if compute == torch.float64 else np.float32
-    # Zero-filled (calloc) because the kernel never writes the padding columns.
-    grad_offset_mask = torch.from_numpy(np.zeros(tuple(offset_mask.shape), np_dtype))
-    packed = _flat(offset_mask, compute)
-    grad_input = _backward(grad_output, input, packed, packed, grad_offset_mask,
-                           grad_offset_mask, geometry, True)
-    return grad_input.to(input.dtype), grad_offset_mask.to(offset_mask.dtype)
-
-
-def _backward(
-    grad_output: torch.Tensor, input: torch.Tensor, off: np.ndarray, msk: np.ndarray,
-    grad_offset: torch.Tensor, grad_mask: torch.Tensor, geometry: DCNv3Geometry, packed: bool,
-) -> torch.Tensor:
-    """The backward kernel; fills ``grad_offset`` and ``grad_mask`` (in the compute dtype, in
-    the layout of ``off`` and ``msk``) and returns the input gradient in the compute dtype.
-
-    With an empty batch or no channels it runs nothing and leaves those two untouched.
-    """
-    n, h, w, c = input.shape
-    ho, wo = geometry.output_size(h, w)
-    compute = _compute_dtype(input.dtype)
-    np_dtype = np.float64 if compute == torch.float64 else np.float32
-    # Allocated by numpy (calloc: zero pages on first touch) rather than torch.zeros, whose
-    # parallel fill would leave torch's thread pool spinning while the kernels run.
-    grad_input = torch.from_numpy(np.zeros((n, h, w, c), np_dtype))
-    if n == 0 or c == 0:
-        return grad_input
-    group = geometry.group
-    tables = _tables(geometry, h, w, c // geometry.group, ho, wo, np_dtype, packed)
-    # Whole images per task keep each input line's groups together in cache; split the groups
-    # only as far as needed for some parallelism on small batches.
-    group_chunks = min(group, -(-_MIN_BACKWARD_TASKS // n))
-    match_torch_threads()
-    _backward_kernel(
-        _flat(grad_output, compute), _flat(input, compute), off, msk,
-        grad_input.view(-1).numpy(), grad_offset.view(-1).numpy(), grad_mask.view(-1).numpy(),
-        tables.corners_like, n, h, w, group, c // group, ho, wo, geometry.points,
-        _layout(geometry, packed), group_chunks, tables.row_y, tables.tab_offset,
-        tables.tab_weight, tables.tab_x, tables.tab_base_x,
-        tables.tab_base_y, tables.tab_group, tables.scale, tables.zero, tables.one,
-        tables.width, tables.height,
-    )
-    return grad_input
+    group, points = geometry.group, geometry.points
+    offset, mask = unpack_offset_mask(offset_mask, group, points)
+    grad_input, grad_offset, grad_mask = backward(grad_output, input, offset, mask, geometry)
+    columns = dcnv4_columns(group, points)
+    return grad_input, pack_offset_mask(grad_offset, grad_mask, group, points, columns)

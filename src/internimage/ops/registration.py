@@ -163,8 +163,9 @@ dcnv3_op.register_autograd(_backward, setup_context=_setup_context)
 
 # ------------------------------------------------------------------------------------- DCNv4
 # DCNv4 samples as DCNv3 does; only its offsets and weights come packed in one tensor (see
-# internimage.ops.packing). The same kernels compute it, reading that tensor in place (no
-# unpacking copy) and writing its gradient in the same layout.
+# internimage.ops.packing). The same kernels compute it: the Triton ones read that tensor in
+# place and write its gradient in the same layout; the numba backend unpacks it (see
+# cpu_kernels' module docstring for why).
 
 
 @torch.library.custom_op("internimage::dcnv4", mutates_args=(), device_types=("cpu", "cuda"))
