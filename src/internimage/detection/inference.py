@@ -209,7 +209,8 @@ def refine_boxes(
         Per image the ``[R_i, 4]`` refined boxes.
     """
     label = class_logits[:, 1:].argmax(dim=1) + 1  # [R], background excluded
-    chosen = box_regression.view(len(label), -1, 4)[torch.arange(len(label)), label]  # [R, 4]
+    rows = torch.arange(len(label), device=label.device)
+    chosen = box_regression.view(len(label), -1, 4)[rows, label]  # [R, 4]
     refined = coder.decode_single(chosen, torch.cat(list(boxes)))  # [R, 4]
     return [clip_boxes_to_image(b, shape) for b, shape in
             zip(refined.split([len(b) for b in boxes]), image_shapes, strict=True)]

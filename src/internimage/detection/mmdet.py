@@ -1,8 +1,10 @@
-"""Upstream's mmdetection Mask R-CNN checkpoints as torchvision ``MaskRCNN`` models.
+"""Upstream's mmdetection Mask R-CNN and Cascade Mask R-CNN checkpoints as torchvision
+``MaskRCNN`` models.
 
 :func:`from_mmdet` reads the ``model`` dict of an upstream mmdet config, builds the matching
-detector with :func:`~internimage.detection.model.build_mask_rcnn` and converts the checkpoint's
-keys strictly. The key map:
+detector by its ``type`` (``MaskRCNN``: :func:`~internimage.detection.model.build_mask_rcnn`;
+``CascadeRCNN``: :func:`~internimage.detection.cascade.build_cascade_mask_rcnn`) and converts
+the checkpoint's keys strictly. The key map:
 
 =======================================  ==================================================
 mmdet                                    torchvision
@@ -22,6 +24,20 @@ mmdet                                    torchvision
 ``roi_head.mask_head.conv_logits``       ``roi_heads.mask_predictor.mask_fcn_logits``
                                          (a background channel of zeros prepended)
 =======================================  ==================================================
+
+Cascade stage S (``CascadeRoIHeads``), with the class rows moved as above:
+
+================================================  ===============================================
+mmdet                                             torchvision
+================================================  ===============================================
+``roi_head.bbox_head.S.shared_convs.i.conv/bn``   ``roi_heads.box_heads.S.i.0/1``
+``roi_head.bbox_head.S.shared_fcs.0``             ``roi_heads.box_heads.S.<convs + 1>``
+``roi_head.bbox_head.S.fc_cls`` / ``fc_reg``      ``roi_heads.box_predictors.S.cls_score`` /
+                                                  ``bbox_pred``
+``roi_head.mask_head.S.convs.i.conv``             ``roi_heads.mask_heads.S.i.0``
+``roi_head.mask_head.S.upsample``                 ``roi_heads.mask_predictors.S.conv5_mask``
+``roi_head.mask_head.S.conv_logits``              ``roi_heads.mask_predictors.S.mask_fcn_logits``
+================================================  ===============================================
 """
 
 from __future__ import annotations
@@ -449,23 +465,26 @@ def from_mmdet(
     *,
     settings: DetectorSettings | None = None,
 ) -> MaskRCNN:
-    """Build a torchvision Mask R-CNN from an upstream mmdet config and load its checkpoint.
+    """Build a torchvision Mask R-CNN or Cascade Mask R-CNN from an upstream mmdet config and
+    load its checkpoint.
 
     The model is in eval mode. Its parts give mmdet's outputs: ``backbone(x)`` the five FPN maps
     (``"0"``..``"3"``, ``"pool"``), ``rpn.head`` the RPN scores and deltas per level,
     ``roi_heads.box_head`` + ``box_predictor`` and ``mask_head`` + ``mask_predictor`` the head
-    outputs on pooled RoI features (class outputs with the background first).
+    outputs on pooled RoI features (class outputs with the background first; a cascade has
+    ``box_heads``, ``box_predictors``, ``mask_heads`` and ``mask_predictors``, one per stage).
+    :func:`~internimage.detection.inference.detect_preprocessed` gives mmdet's detections.
 
     Args:
         checkpoint: The ``.pth`` file (``{"meta", "state_dict"}``), or the loaded dict.
-        model_cfg: See :func:`mask_rcnn_from_mmdet_config`.
+        model_cfg: See :func:`detector_from_mmdet_config`.
         settings: Resizing and post-processing (default: upstream's COCO test settings).
 
     Raises:
         CheckpointMismatchError: A key of the checkpoint or of the model is not matched, or a
             shape differs (every key is listed).
         CheckpointFileError: The file is not a readable checkpoint.
-        ConfigError: See :func:`mask_rcnn_from_mmdet_config`.
+        ConfigError: See :func:`detector_from_mmdet_config`.
     """
     model, _ = detector_from_mmdet_config(model_cfg, settings=settings)
     load_converted_strictly(model, checkpoint, convert_mmdet_state_dict,
