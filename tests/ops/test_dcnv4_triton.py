@@ -102,6 +102,25 @@ def _padding_not_read() -> None:
         assert torch.equal(a, b)
 
 
+def _kernels_read_in_place() -> None:
+    # The kernels take the packed tensor itself (no unpacked copy) and check its width.
+    from internimage.ops import triton_kernels
+    from internimage.ops.geometry import DCNv3Geometry
+
+    input, offset_mask = make_inputs(n=1, dtype=torch.float32)
+    geometry = DCNv3Geometry(3, 1, 1, 1, 2)
+    out = triton_kernels.forward_dcnv4(input, offset_mask, geometry)
+    grad_input, grad_offset_mask = triton_kernels.backward_dcnv4(
+        torch.ones_like(out), input, offset_mask, geometry)
+    assert grad_input.shape == input.shape and grad_offset_mask.shape == offset_mask.shape
+    try:
+        triton_kernels.forward_dcnv4(input, offset_mask[..., :-1], geometry)
+    except ValueError as error:
+        assert "offset_mask" in str(error), error
+    else:
+        raise AssertionError("a packed tensor of the wrong width was accepted")
+
+
 def _opcheck() -> None:
     from internimage.ops.registration import dcnv4_op
 
@@ -131,6 +150,7 @@ def _interpreter_checks(golden_dir: Path | None) -> dict[str, str]:
     for name, settings in RANDOM_CASES.items():
         record(name, lambda settings=settings: _random_check(settings))
     record("padding_not_read", _padding_not_read)
+    record("kernels_read_in_place", _kernels_read_in_place)
     record("opcheck", _opcheck)
     return results
 
@@ -160,7 +180,8 @@ def test_interpreter_golden_cases(interpreter_results: dict[str, str], golden_di
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("name", [*RANDOM_CASES, "padding_not_read", "opcheck"])
+@pytest.mark.parametrize("name", [*RANDOM_CASES, "padding_not_read", "kernels_read_in_place",
+                                  "opcheck"])
 def test_interpreter_matches_reference(interpreter_results: dict[str, str], name: str) -> None:
     assert interpreter_results[name] == "ok", f"{name}: {interpreter_results[name]}"
 
