@@ -395,3 +395,27 @@ def test_released_cascades_build_and_verify(name: str, manifests_dir: Path) -> N
     assert count == manifest["n_params"] + background
     assert count / 1e6 == pytest.approx(PUBLISHED_MILLIONS[release.variant], rel=0.01)
     assert len(CASCADES) == 6
+
+
+def test_a_flash_internimage_cascade_with_fpn_vitdet_detects(
+    case: tuple[dict[str, Any], Path, dict[str, torch.Tensor]],
+) -> None:
+    config = _model_config(case[0])
+    config["backbone"] = {"type": "FlashInternImage", "channels": 16, "depths": [1, 1, 1, 1],
+                          "groups": [1, 2, 4, 8], "offset_scale": 1.0, "layer_scale": 1.0}
+    config["neck"] = {**config["neck"], "type": "FPN_vitdet", "norm_cfg": {"type": "LN"},
+                      "use_residual": True}
+    torch.manual_seed(0)
+    model, classes = detector_from_mmdet_config(config)
+    model.eval()
+    assert isinstance(model.roi_heads, CascadeRoIHeads) and classes == 5
+    assert isinstance(model.backbone.fpn.layer_blocks[0][1], LayerNorm2d)
+    images = torch.randn(1, 3, 64, 96)
+    meta = {"img_shape": (60, 90, 3), "ori_shape": (120, 180, 3), "scale_factor": 0.5}
+    with torch.no_grad():
+        (result,) = detect_preprocessed(model, images, [meta])
+    count = len(result["boxes"])
+    assert 0 < count <= 100 and result["masks"].shape == (count, 120, 180)
+    assert (result["boxes"][:, 2] <= 180).all() and (result["boxes"][:, 3] <= 120).all()
+    assert ((result["labels"] >= 1) & (result["labels"] <= classes)).all()
+    assert (result["scores"] > 0.05).all()
