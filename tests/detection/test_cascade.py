@@ -419,3 +419,13 @@ def test_a_flash_internimage_cascade_with_fpn_vitdet_detects(
     assert (result["boxes"][:, 2] <= 180).all() and (result["boxes"][:, 3] <= 120).all()
     assert ((result["labels"] >= 1) & (result["labels"] <= classes)).all()
     assert (result["scores"] > 0.05).all()
+    # Nothing above the threshold, then no proposal at all: empty results of the same form.
+    model.roi_heads.score_thresh = 1.0
+    with torch.no_grad():
+        (empty,) = detect_preprocessed(model, images, [meta])
+    model.rpn._post_nms_top_n["testing"] = 0
+    with torch.no_grad():
+        (none,) = detect_preprocessed(model, images, [meta])
+    for result in (empty, none):
+        assert result["boxes"].shape == (0, 4) and result["scores"].shape == (0,)
+        assert result["labels"].shape == (0,) and result["masks"].shape == (0, 120, 180)

@@ -210,7 +210,8 @@ def refine_boxes(
     """
     label = class_logits[:, 1:].argmax(dim=1) + 1  # [R], background excluded
     rows = torch.arange(len(label), device=label.device)
-    chosen = box_regression.view(len(label), -1, 4)[rows, label]  # [R, 4]
+    # Sizes spelt out: -1 is ambiguous when no box is left.
+    chosen = box_regression.view(len(label), box_regression.shape[1] // 4, 4)[rows, label]
     refined = coder.decode_single(chosen, torch.cat(list(boxes)))  # [R, 4]
     return [clip_boxes_to_image(b, shape) for b, shape in
             zip(refined.split([len(b) for b in boxes]), image_shapes, strict=True)]
@@ -251,7 +252,8 @@ def detections_from_stages(
             last.boxes, mean_logits.split(counts), last.box_regression.split(counts),
             strict=True)):
         scores = F.softmax(logits, dim=-1)[:, 1:]  # [R, C]
-        decoded = coder.decode_single(deltas, boxes).view(len(boxes), -1, 4)[:, 1:]
+        decoded = coder.decode_single(deltas, boxes).view(len(boxes), deltas.shape[1] // 4, 4)
+        decoded = decoded[:, 1:]
         decoded = clip_boxes_to_image(decoded, image_shapes[i])  # [R, C, 4]
         if scale_factors is not None:
             decoded = decoded / scale_factors[i].to(decoded)
