@@ -113,6 +113,7 @@ def test_matmul_rate_is_positive() -> None:
     assert matmul_gflops(size=64, repeats=2) > 0
 
 
+@pytest.mark.slow
 def test_onnxruntime_path_runs_the_exported_graph() -> None:
     pytest.importorskip("onnxruntime")
     results = benchmark_model(_tiny(), paths=["eager", "onnxruntime"], batches=[2],

@@ -219,9 +219,13 @@ def _checkpoint_files(folder: Path) -> dict[str, tuple[Path, str]]:
 
 def test_corrupt_checkpoints_are_named_and_never_unpickled(tmp_path: Path) -> None:
     cases = _checkpoint_files(tmp_path / "ckpt")
+    # Both commands read through the same reader; resuming is tried on one file of each format.
+    resumed = {"truncated", "objects", "safetensors cut short"}
     for name, (path, expected) in cases.items():
-        for args in (["eval", "--checkpoint", str(path), "--model", "internimage_atto"],
-                     ["train", "--resume", str(path)]):
+        commands = [["eval", "--checkpoint", str(path), "--model", "internimage_atto"]]
+        if name in resumed:
+            commands.append(["train", "--resume", str(path)])
+        for args in commands:
             result = run_cli(*args)
             line = assert_user_error(result, 1, str(path))
             assert expected in line, (name, args[0], line)

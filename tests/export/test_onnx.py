@@ -186,12 +186,12 @@ OPTION_SETS = {
     "post_norm-layer_scale-remove_center-offset_scale-dw5": dict(
         post_norm=True, layer_scale=0.5, remove_center=True, offset_scale=2.0, dw_kernel_size=5,
     ),
+}
+SLOW_OPTION_SETS = {
     "h_like-clip_head-res_post_norm-center_feature_scale-level2": dict(
         use_clip_projector=True, res_post_norm=True, center_feature_scale=True, dw_kernel_size=5,
         level2_post_norm=True, level2_post_norm_block_ids=(0,),
     ),
-}
-SLOW_OPTION_SETS = {
     "g_like-post_norm-clip_head-center_feature_scale": dict(
         post_norm=True, use_clip_projector=True, center_feature_scale=True, dw_kernel_size=5,
         level2_post_norm=True, level2_post_norm_block_ids=(0,),

@@ -14,6 +14,7 @@ pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 from internimage.export import export_onnx  # noqa: E402
 
 
+@pytest.mark.slow
 def test_a_tiny_flash_internimage_exports_with_standard_operators(tmp_path: Path) -> None:
     import onnx
 
