@@ -127,14 +127,14 @@ def load_release_weights(
         WeightsUnavailableError: The file is neither cached nor downloadable.
     """
     from internimage.catalog.hub import release_file
-    from internimage.models.checkpoint import load_converted_strictly, read_checkpoint
+    from internimage.models.checkpoint import (
+        load_converted_strictly,
+        read_checkpoint,
+        weights_container,
+    )
 
     path = release_file(release) if source is True else os.fspath(source)
-    payload = read_checkpoint(path)
-    # Classifiers keep their weights under "model" (and an EMA copy under "model_ema"),
-    # OpenMMLab files under "state_dict"; mmdet's EMA hook adds raw copies as ema_* keys.
-    state = payload.get("model", payload.get("state_dict", payload))
-    if isinstance(state, Mapping) and release.ema_keys is not None:
-        state = {k: v for k, v in state.items() if not k.startswith("ema_")}
+    state = {k: v for k, v in weights_container(read_checkpoint(path)).items()
+             if not release.is_known_extra(k)}
     load_converted_strictly(built.model, {"state_dict": state}, built.convert,
                             source=f"{path} ({release.name})")

@@ -181,6 +181,11 @@ class Release:
         """The head sizes of :attr:`head` (empty where the method fixes them)."""
         return dict(self.head or ())
 
+    def is_known_extra(self, key: str) -> bool:
+        """Whether a key of the released file is an extra that a load leaves out (the raw
+        ``ema_*`` copies of mmdet's EMA hook), not a model weight."""
+        return self.ema_keys is not None and key.startswith("ema_")
+
     def metric(self, key: str) -> float | None:
         """A published metric (e.g. ``"top1"``, ``"miou_ss"``, ``"box_ap"``), None if absent."""
         return dict(self.metrics).get(key)

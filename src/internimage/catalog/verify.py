@@ -23,10 +23,6 @@ __all__ = ["checkpoint_shapes", "verify_checkpoint"]
 
 Shapes = Mapping[str, Sequence[int]]
 
-# Containers under which checkpoints keep their weights, tried in this order: upstream's
-# classifiers ("model", beside "model_ema" and the optimizer), OpenMMLab files ("state_dict").
-_CONTAINERS = ("model", "state_dict")
-
 
 def checkpoint_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
     """``{key: shape}`` of the weights a checkpoint file holds, read without the weights.
@@ -40,7 +36,11 @@ def checkpoint_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]
         MissingFileError: No such file.
         CheckpointFileError: Not a checkpoint, damaged, or without a mapping of tensors.
     """
-    from internimage.models.checkpoint import read_checkpoint, safetensors_header
+    from internimage.models.checkpoint import (
+        read_checkpoint,
+        safetensors_header,
+        weights_container,
+    )
 
     path = Path(path)
     if not path.is_file():
@@ -58,13 +58,7 @@ def checkpoint_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]
                                           f"no shape; the file is damaged")
             shapes[key] = tuple(int(v) for v in info["shape"])
         return shapes
-    payload = read_checkpoint(path, mmap=zipfile.is_zipfile(path))
-    state: object = payload
-    for container in _CONTAINERS:
-        if isinstance(payload.get(container), Mapping):
-            state = payload[container]
-            break
-    assert isinstance(state, Mapping)
+    state = weights_container(read_checkpoint(path, mmap=zipfile.is_zipfile(path)))
     shapes = {str(k): tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not shapes:
         raise CheckpointFileError(f"{path} holds no tensors under 'model', 'state_dict' or at "
@@ -105,7 +99,7 @@ def verify_checkpoint(release: str | Release, shapes: Shapes) -> list[str]:
         state = {
             key: torch.empty(tuple(shape))
             for key, shape in shapes.items()
-            if not (release.ema_keys is not None and key.startswith("ema_"))
+            if not release.is_known_extra(key)
         }
         converted = built.convert(state)
     own = built.model.state_dict()

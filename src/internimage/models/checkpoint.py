@@ -24,6 +24,7 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint",
     "safetensors_header",
+    "weights_container",
 ]
 
 # Wrappers under which checkpoints keep their weights, tried in this order.
@@ -284,6 +285,17 @@ def load_converted_strictly(
     model.load_state_dict(converted, strict=True)
 
 
+def weights_container(checkpoint: Mapping[str, object]) -> Mapping[str, object]:
+    """Where a checkpoint keeps its weights: ``checkpoint['model']`` (classifiers, beside
+    ``model_ema`` and the optimizer) or ``checkpoint['state_dict']`` (OpenMMLab files) when
+    present, otherwise the checkpoint itself. Keys are not changed."""
+    for key in _WEIGHT_KEYS:
+        value = checkpoint.get(key)
+        if isinstance(value, Mapping):
+            return value
+    return checkpoint
+
+
 def extract_state_dict(
     checkpoint: Mapping[str, object], *, ema: bool = False
 ) -> dict[str, torch.Tensor]:
@@ -311,10 +323,8 @@ def extract_state_dict(
                 "training ran with EMA); load it without ema=True"
             )
         checkpoint = {"model": checkpoint["model_ema"]}
-    for key in _WEIGHT_KEYS:
-        if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(key), Mapping):
-            state = checkpoint[key]
-            break
+    if isinstance(checkpoint, Mapping):
+        state = weights_container(checkpoint)
     if not isinstance(state, Mapping):
         raise CheckpointFileError(
             f"checkpoint weights must be a mapping, got {type(state).__name__}"
