@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+import internimage
 from internimage import InternImage, InternImageConfig, InternImageFeatures
 from internimage.analysis import (
     SamplingMap,
@@ -22,6 +23,7 @@ from internimage.analysis import (
 )
 from internimage.errors import MissingDependencyError
 from internimage.layers.dcnv3 import DCNv3
+from internimage.layers.dcnv4 import DCNv4
 from internimage.ops.geometry import DCNv3Geometry
 
 HEIGHT, WIDTH = 40, 72  # not square and not a multiple of 32, so feature sizes round up
@@ -386,3 +388,51 @@ def test_importing_the_analysis_does_not_import_matplotlib() -> None:
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr
+
+
+# --- FlashInternImage: DCNv4 blocks (packed offsets, point weights as given) -----------------
+
+
+def test_dcnv4_maps_reproduce_what_the_operator_computed() -> None:
+    model = internimage.create_model("flash_internimage_atto", depths=(1, 1, 1, 1),
+                                     dw_kernel_size=3).eval()
+    for module in model.modules():
+        if isinstance(module, DCNv4):
+            torch.nn.init.normal_(module.offset_mask.weight, std=0.5)
+    values, cores, handles = {}, {}, []
+    for s, level in enumerate(model.levels):
+        dcn = level.blocks[0].dcn
+        handles.append(dcn.value_proj.register_forward_hook(
+            lambda mod, args, out, key=s: values.__setitem__(key, out[0].double())))
+        handles.append(dcn.output_proj.register_forward_pre_hook(
+            lambda mod, args, key=s: cores.__setitem__(key, args[0][0].double())))
+    maps = sampling_locations(model, torch.randn(3, HEIGHT, WIDTH), QUERIES)
+    for handle in handles:
+        handle.remove()
+    assert [m.stage for m in maps] == [0, 1, 2, 3]
+    negative = 0
+    for m in maps:
+        assert m.mask_normalization == "none" and m.points == 9
+        plane, core = values[m.stage].numpy(), cores[m.stage].numpy()
+        d = plane.shape[2] // m.groups
+        feature = m.locations / m.stride
+        for q in range(len(QUERIES)):
+            col, row = m.feature_pixels[q]
+            for g in range(m.groups):
+                total = sum(m.weights[q, g, p] * _bilinear(plane[:, :, g * d:(g + 1) * d],
+                                                           *feature[q, g, p])
+                            for p in range(m.points))
+                np.testing.assert_allclose(total, core[row, col, g * d:(g + 1) * d],
+                                           rtol=1e-4, atol=1e-5)
+        negative += int((m.weights < 0).any())
+    # The weights are not normalised: some are negative and the groups do not sum to 1.
+    assert negative > 0
+    assert not np.allclose(maps[0].weights.sum(axis=-1), 1.0)
+
+
+def test_dcnv4_maps_draw() -> None:
+    pytest.importorskip("matplotlib")
+    model = internimage.create_model("flash_internimage_atto", depths=(1, 1, 1, 1)).eval()
+    maps = sampling_locations(model, torch.randn(3, HEIGHT, WIDTH), QUERIES[:1])
+    png = render_sampling_maps(np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8), maps)
+    assert png.startswith(b"\x89PNG")
